@@ -1,0 +1,81 @@
+"""Entry point: parse and check the options, build the pipeline, run it.
+
+python -m pipeline.main --input 'events/*.tsv' --snapshot_path out/
+"""
+
+import logging
+import sys
+from typing import NamedTuple
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipeline.options import LevelAnalyticsOptions, unknown_flags
+from pipeline.sinks.dead_letters import WriteDeadLetters
+from pipeline.sinks.snapshots import WriteSnapshots
+from pipeline.sources.files import ReadEnrichedFiles
+from pipeline.transforms.count import BuildSnapshots, CountPerInterval
+from pipeline.transforms.parse import ParseEnrichedEvents
+from pipeline.transforms.track import TrackPlayerLevels
+
+DEFAULT_RUNNER = "FnApiRunner"  # the DirectRunner's engine, named so no Prism lookup happens
+
+
+class PipelineOutputs(NamedTuple):
+    transitions: beam.PCollection
+    interval_sums: beam.PCollection
+    snapshots: beam.PCollection
+    dead_letters: beam.PCollection
+
+
+def build_pipeline(pipeline, options: PipelineOptions, records: beam.PCollection | None = None):
+    """Wire the stages. `records` (EnrichedRecord) replaces the source, for tests."""
+    opts = options.view_as(LevelAnalyticsOptions)
+    if records is None:
+        records = pipeline | "ReadInput" >> ReadEnrichedFiles(opts.input)
+    parsed = records | "ParseEvents" >> ParseEnrichedEvents(opts.event_time_field)
+    tracked = parsed[ParseEnrichedEvents.OBSERVATIONS] | "TrackPlayers" >> TrackPlayerLevels(
+        opts.timeout_secs
+    )
+    transitions = tracked[TrackPlayerLevels.TRANSITIONS]
+    interval_sums = transitions | "CountPerInterval" >> CountPerInterval(opts.update_secs)
+    snapshots = interval_sums | "BuildSnapshots" >> BuildSnapshots(opts.window_secs)
+    dead_letters = (
+        parsed[ParseEnrichedEvents.DEAD_LETTERS],
+        tracked[TrackPlayerLevels.LATE],
+    ) | "AllDeadLetters" >> beam.Flatten()
+
+    if opts.snapshot_path:
+        snapshots | "WriteSnapshots" >> WriteSnapshots(opts.snapshot_path, opts.window_secs)
+    if opts.dead_letter_path:
+        dead_letters | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letter_path, opts.window_secs)
+    return PipelineOutputs(transitions, interval_sums, snapshots, dead_letters)
+
+
+def parse_options(argv) -> PipelineOptions:
+    """Options from the command line; exits with a message saying what to change."""
+    unknown = unknown_flags(argv)
+    if unknown:
+        sys.exit(f"error: unknown or malformed arguments {unknown}; see --help for the flags.")
+    options = PipelineOptions(argv)
+    errors = options.view_as(LevelAnalyticsOptions).validation_errors()
+    if errors:
+        sys.exit("error: " + "\n       ".join(errors))
+    standard = options.view_as(StandardOptions)
+    if not standard.runner:
+        standard.runner = DEFAULT_RUNNER
+    return options
+
+
+def run(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        LevelAnalyticsOptions(["--help"])  # argparse prints every flag with its default
+    options = parse_options(argv)
+    with beam.Pipeline(options=options) as pipeline:
+        build_pipeline(pipeline, options)
+
+
+if __name__ == "__main__":
+    logging.getLogger().setLevel(logging.WARNING)
+    run()

@@ -1,0 +1,13 @@
+"""Every Beam metric the pipeline reports lives in one namespace, named here."""
+
+from apache_beam.metrics import Metrics
+
+NAMESPACE = "level_analytics"
+
+
+def counter(name: str):
+    return Metrics.counter(NAMESPACE, name)
+
+
+def distribution(name: str):
+    return Metrics.distribution(NAMESPACE, name)

@@ -1,0 +1,97 @@
+"""WriteSnapshots: each window's snapshot to files or S3, in the original app's layout.
+
+{path}/level_information.json             latest completed window
+{path}/transition_information.json
+{path}/history/levels/{window_end}.json   one object per window, never changed
+{path}/history/transitions/{window_end}.json
+"""
+
+import json
+import logging
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline import metrics
+from pipeline.events import parse_timestamp_ms
+from pipeline.snapshots import (
+    LEVELS_LATEST,
+    TRANSITIONS_LATEST,
+    history_names,
+    level_information,
+    to_json_bytes,
+    transition_information,
+)
+
+_LOG = logging.getLogger(__name__)
+
+
+def join_path(base: str, name: str) -> str:
+    return FileSystems.join(base.rstrip("/"), name) if base else name
+
+
+def write_object(path: str, body: bytes) -> None:
+    with FileSystems.create(path, mime_type="application/json") as handle:
+        handle.write(body)
+
+
+def read_object(path: str):
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        return handle.read()
+
+
+class _WriteSnapshotFn(beam.DoFn):
+    """Writes the four objects of a snapshot.
+
+    A retry is harmless: every object's bytes are a function of the window alone
+    (deterministic JSON, update_id derived from the window), so rewriting one writes
+    the same bytes. The "latest" objects are only replaced by a window that is not
+    older, so a replayed old window never moves them back in time.
+    """
+
+    def __init__(self, snapshot_path: str, window_secs: int):
+        self._path = snapshot_path
+        self._window_secs = window_secs
+        self._puts = metrics.counter("snapshot_objects_written")
+
+    def process(self, snapshot):
+        levels_history, transitions_history = history_names(snapshot.window_end_ms)
+        self._put(levels_history, to_json_bytes(level_information(snapshot, self._window_secs, history=True)))
+        self._put(
+            transitions_history,
+            to_json_bytes(transition_information(snapshot, self._window_secs, history=True)),
+        )
+        latest_levels = to_json_bytes(level_information(snapshot, self._window_secs))
+        if self._is_not_older_than_latest(snapshot.window_end_ms):
+            self._put(TRANSITIONS_LATEST, to_json_bytes(transition_information(snapshot, self._window_secs)))
+            # Written last: readers that poll it see a complete pair.
+            self._put(LEVELS_LATEST, latest_levels)
+
+    def _is_not_older_than_latest(self, window_end_ms: int) -> bool:
+        current = read_object(join_path(self._path, LEVELS_LATEST))
+        if current is None:
+            return True
+        try:
+            latest_time = json.loads(current)["update_time"]
+        except (ValueError, KeyError):
+            _LOG.warning("unreadable %s; replacing it", LEVELS_LATEST)
+            return True
+        return window_end_ms >= parse_timestamp_ms(latest_time)
+
+    def _put(self, name: str, body: bytes):
+        write_object(join_path(self._path, name), body)
+        self._puts.inc()
+
+
+class WriteSnapshots(beam.PTransform):
+    def __init__(self, snapshot_path: str, window_secs: int):
+        super().__init__()
+        self._path = snapshot_path
+        self._window_secs = window_secs
+
+    def expand(self, snapshots):
+        return snapshots | "WriteSnapshotObjects" >> beam.ParDo(
+            _WriteSnapshotFn(self._path, self._window_secs)
+        )

@@ -1,0 +1,75 @@
+"""ParseEnrichedEvents: enriched TSV records -> level observations, bad lines -> dead letters."""
+
+from typing import NamedTuple
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
+
+from pipeline import metrics
+from pipeline.events import (
+    DEFAULT_EVENT_TIME_FIELD,
+    BadLine,
+    DeadLetter,
+    parse_enriched_line,
+    printable,
+)
+
+
+class EnrichedRecord(NamedTuple):
+    """What a source hands to the parser: the raw line and where it came from."""
+
+    position: str
+    data: bytes | str
+
+
+class _ParseLineFn(beam.DoFn):
+    """Thin: the rules are in `pipeline.events.parse_enriched_line`."""
+
+    def __init__(self, event_time_field: str):
+        self._event_time_field = event_time_field
+        self._lines = metrics.counter("lines_read")
+        self._without_context = metrics.counter("lines_without_level_context")
+        self._observations = metrics.counter("observations")
+        self._bad = {}
+
+    def process(self, record: EnrichedRecord, timestamp=beam.DoFn.TimestampParam):
+        self._lines.inc()
+        try:
+            observations = parse_enriched_line(record.data, self._event_time_field)
+        except BadLine as bad:
+            self._bad_counter(bad.reason).inc()
+            yield pvalue.TaggedOutput(
+                ParseEnrichedEvents.DEAD_LETTERS,
+                DeadLetter(bad.reason, bad.detail, record.position, printable(record.data)),
+            )
+            return
+        if not observations:
+            self._without_context.inc()
+        for observation in observations:
+            self._observations.inc()
+            yield TimestampedValue(observation, Timestamp(micros=observation.event_time_ms * 1000))
+
+    def _bad_counter(self, reason):
+        if reason not in self._bad:
+            self._bad[reason] = metrics.counter(f"dead_letters_{reason}")
+        return self._bad[reason]
+
+
+class ParseEnrichedEvents(beam.PTransform):
+    """EnrichedRecord -> Observation (timestamped with its event time), and a
+    DEAD_LETTERS output of DeadLetter for lines that do not parse or whose level
+    contexts are all unusable. Lines without a level context are only counted."""
+
+    OBSERVATIONS = "observations"
+    DEAD_LETTERS = "dead_letters"
+
+    def __init__(self, event_time_field: str = DEFAULT_EVENT_TIME_FIELD):
+        super().__init__()
+        self._event_time_field = event_time_field
+
+    def expand(self, records):
+        return records | "ParseLines" >> beam.ParDo(_ParseLineFn(self._event_time_field)).with_outputs(
+            self.DEAD_LETTERS, main=self.OBSERVATIONS
+        )

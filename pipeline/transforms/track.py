@@ -1,0 +1,125 @@
+"""TrackPlayerLevels: each player's observations -> their level transitions, in event time."""
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.coders import PickleCoder
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.typehints import KV
+from apache_beam.utils.timestamp import Timestamp
+
+from pipeline import metrics
+from pipeline.events import LATE, DeadLetter, Observation
+from pipeline.levels import PlayerTimeline
+
+
+def ms_to_timestamp(ms: int) -> Timestamp:
+    return Timestamp(micros=ms * 1000)
+
+
+def timestamp_to_ms(ts: Timestamp) -> int:
+    return ts.micros // 1000
+
+
+class _TrackPlayerFn(beam.DoFn):
+    """Keyed by player. Buffers observations and applies them in event-time order
+    when the watermark passes them (one event-time timer, set to the earliest
+    pending observation or the player's timeout), so arrival order never matters.
+
+    The timer's hold keeps the output watermark at or before every transition still
+    to be emitted, so transitions are never late downstream. An observation earlier
+    than what was already applied is late: dead-lettered, never applied.
+    State is cleared when the player has left and nothing is pending.
+    """
+
+    TIMELINE = ReadModifyWriteStateSpec("timeline", PickleCoder())
+    PENDING = BagStateSpec("pending", PickleCoder())
+    WAKE = TimerSpec("wake", TimeDomain.WATERMARK)
+
+    def __init__(self, timeout_ms: int):
+        self._timeout_ms = timeout_ms
+        self._transitions = metrics.counter("transitions")
+        self._late = metrics.counter("late_observations")
+        self._timeouts = metrics.counter("player_timeouts")
+
+    def process(
+        self,
+        element,
+        timeline_state=beam.DoFn.StateParam(TIMELINE),
+        pending_state=beam.DoFn.StateParam(PENDING),
+        wake=beam.DoFn.TimerParam(WAKE),
+    ):
+        _, observation = element
+        timeline = timeline_state.read() or PlayerTimeline()
+        if timeline.is_late(observation.event_time_ms):
+            self._late.inc()
+            yield pvalue.TaggedOutput(
+                TrackPlayerLevels.LATE,
+                DeadLetter(
+                    LATE,
+                    f"observation at {observation.event_time_ms} ms is before this player's "
+                    f"applied frontier {timeline.applied_until_ms} ms",
+                    "",
+                    repr(observation),
+                    observation.event_time_ms,
+                ),
+            )
+            return
+        wake_before = timeline.wake_at_ms(self._timeout_ms)
+        timeline, pending = timeline.accept(
+            observation.event_time_ms, observation.level, (observation.event_id, observation.index)
+        )
+        pending_state.add(pending)
+        timeline_state.write(timeline)
+        # One timer per key: move it only when this observation is needed earlier.
+        wake_ms = timeline.wake_at_ms(self._timeout_ms)
+        if wake_ms != wake_before:
+            wake.set(ms_to_timestamp(wake_ms))
+
+    @on_timer(WAKE)
+    def on_wake(
+        self,
+        fired_at=beam.DoFn.TimestampParam,
+        timeline_state=beam.DoFn.StateParam(TIMELINE),
+        pending_state=beam.DoFn.StateParam(PENDING),
+        wake=beam.DoFn.TimerParam(WAKE),
+    ):
+        timeline = timeline_state.read() or PlayerTimeline()
+        timeline, transitions, later = timeline.advance(
+            list(pending_state.read()), timestamp_to_ms(fired_at), self._timeout_ms
+        )
+        for transition in transitions:
+            self._transitions.inc()
+            if not transition.to_level:
+                self._timeouts.inc()
+            yield TimestampedValue(transition, ms_to_timestamp(transition.time_ms))
+        pending_state.clear()
+        if timeline.is_done():
+            timeline_state.clear()  # the player left: nothing of them stays
+            return
+        for pending in later:
+            pending_state.add(pending)
+        timeline_state.write(timeline)
+        wake.set(ms_to_timestamp(timeline.wake_at_ms(self._timeout_ms)))
+
+
+class TrackPlayerLevels(beam.PTransform):
+    """Observation -> Transition, each timestamped with its own event time, plus a
+    LATE output of DeadLetter for observations that came too late to apply."""
+
+    TRANSITIONS = "transitions"
+    LATE = "late"
+
+    def __init__(self, timeout_secs: int):
+        super().__init__()
+        self._timeout_ms = int(timeout_secs * 1000)
+
+    def expand(self, observations):
+        return (
+            observations
+            | "KeyByPlayer" >> beam.Map(lambda o: (o.player, o)).with_output_types(KV[str, Observation])
+            # (player, Observation)
+            | "TrackLevels"
+            >> beam.ParDo(_TrackPlayerFn(self._timeout_ms)).with_outputs(self.LATE, main=self.TRANSITIONS)
+        )

@@ -1,0 +1,115 @@
+"""pipeline.main over files of a generated multi-player stream, window by window
+against the reference model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from reference_model import model_snapshots, snapshot_as_files
+
+from pipeline.main import run
+from pipeline.simulate import SimulationSettings, simulate, write_lines
+from pipeline.snapshots import iso_utc, update_id
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.main", *args], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+
+
+def assert_history_equals_model(history, observations, timeout_secs, window_secs):
+    expected = model_snapshots(observations, timeout_secs, window_secs)
+    assert sorted(history) == [iso_utc(end) for end in sorted(expected)]
+    for end, (levels, transitions) in expected.items():
+        level_doc, transition_doc = history[iso_utc(end)]
+        want_levels, want_transitions = snapshot_as_files(levels, transitions)
+        assert level_doc["level_player_counts"] == want_levels, iso_utc(end)
+        assert transition_doc["transitions"] == want_transitions, iso_utc(end)
+        for doc in (level_doc, transition_doc):
+            assert doc["update_time"] == doc["window_end"] == iso_utc(end)
+            assert doc["window_start"] == iso_utc(end - window_secs * 1000)
+            assert doc["update_interval_secs"] == window_secs
+            assert doc["update_id"] == update_id(end - window_secs * 1000, end)
+
+
+@pytest.mark.parametrize("timeout_secs,window_secs", [(300, 60), (120, 30)])
+def test_generated_stream_matches_model_window_by_window(
+    tmp_path, read_snapshot_dir, timeout_secs, window_secs
+):
+    stream = simulate(SimulationSettings(seed=11, players=150, duration_secs=1500, timeout_secs=timeout_secs))
+    # Two input files, to exercise the glob.
+    half = len(stream.lines) // 2
+    write_lines(str(tmp_path / "a.tsv"), stream.lines[:half])
+    write_lines(str(tmp_path / "b.tsv"), stream.lines[half:])
+    out, bad = tmp_path / "out", tmp_path / "bad"
+
+    run(
+        [
+            f"--input={tmp_path}/*.tsv",
+            f"--snapshot_path={out}",
+            f"--dead_letter_path={bad}",
+            f"--timeout_secs={timeout_secs}",
+            f"--window_secs={window_secs}",
+        ]
+    )
+
+    history = read_snapshot_dir(str(out))
+    assert_history_equals_model(history, stream.observations, timeout_secs, window_secs)
+    # The latest objects are the last window's, without the history fields.
+    last = sorted(history)[-1]
+    latest = json.loads((out / "level_information.json").read_text())
+    assert latest["update_time"] == last and "window_end" not in latest
+    # Every malformed line is in the dead letters, with a reason; nothing else is.
+    dead = [json.loads(line) for path in bad.rglob("*.jsonl") for line in path.read_text().splitlines()]
+    assert len(dead) == stream.malformed > 0
+    assert {d["reason"] for d in dead} <= {"not_utf8", "unparseable", "unusable_context"}
+    assert all(d["position"].endswith(tuple(f":{n}" for n in range(1, len(stream.lines) + 1))) for d in dead)
+
+
+def test_rerun_writes_byte_identical_objects(tmp_path):
+    stream = simulate(SimulationSettings(seed=3, players=40, duration_secs=600))
+    write_lines(str(tmp_path / "events.tsv"), stream.lines)
+    contents = []
+    for attempt in ("one", "two"):
+        out = tmp_path / attempt
+        run([f"--input={tmp_path}/events.tsv", f"--snapshot_path={out}"])
+        contents.append({p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.json")})
+    assert contents[0] == contents[1] and len(contents[0]) > 4
+
+
+def test_cli_help_lists_every_flag_with_default():
+    result = run_main("--help")
+    assert result.returncode == 0
+    for flag in (
+        "--input",
+        "--snapshot_path",
+        "--dead_letter_path",
+        "--timeout_secs",
+        "--window_secs",
+        "--update_secs",
+        "--event_time_field",
+    ):
+        assert flag in result.stdout
+    assert "Default: 300" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--snapshot_path=x"], "--input"),
+        (["--input=x", "--snapshot_path=x", "--window_secs=60", "--update_secs=7"], "does not divide"),
+        (["--input=x", "--snapshot_path=x", "--timeout_secs=0"], "--timeout_secs must be positive"),
+        (["--input=x", "--snapshot_path=x", "--no_such_flag=1"], "unknown"),
+        (["--input=x", "--snapshot_path=x", "--event_time_field=etl_tstamp"], "invalid choice"),
+        (["--input=x"], "--snapshot_path"),
+    ],
+)
+def test_bad_options_stop_with_a_message_saying_what_to_change(args, message):
+    result = run_main(*args)
+    assert result.returncode != 0
+    assert message in result.stderr
