@@ -14,7 +14,7 @@ from pipeline.options import LevelAnalyticsOptions, unknown_flags
 from pipeline.sinks.dead_letters import WriteDeadLetters
 from pipeline.sinks.snapshots import WriteSnapshots
 from pipeline.sources.files import ReadEnrichedFiles
-from pipeline.transforms.count import BuildSnapshots, CountPerInterval
+from pipeline.transforms.count import CountPerInterval, KeepLedger
 from pipeline.transforms.parse import ParseEnrichedEvents
 from pipeline.transforms.track import TrackPlayerLevels
 
@@ -25,6 +25,7 @@ class PipelineOutputs(NamedTuple):
     transitions: beam.PCollection
     interval_sums: beam.PCollection
     snapshots: beam.PCollection
+    counter_updates: beam.PCollection
     dead_letters: beam.PCollection
 
 
@@ -39,7 +40,8 @@ def build_pipeline(pipeline, options: PipelineOptions, records: beam.PCollection
     )
     transitions = tracked[TrackPlayerLevels.TRANSITIONS]
     interval_sums = transitions | "CountPerInterval" >> CountPerInterval(opts.update_secs)
-    snapshots = interval_sums | "BuildSnapshots" >> BuildSnapshots(opts.window_secs)
+    ledger = interval_sums | "KeepLedger" >> KeepLedger(opts.update_secs, opts.window_secs)
+    snapshots = ledger[KeepLedger.SNAPSHOTS]
     dead_letters = (
         parsed[ParseEnrichedEvents.DEAD_LETTERS],
         tracked[TrackPlayerLevels.LATE],
@@ -49,7 +51,7 @@ def build_pipeline(pipeline, options: PipelineOptions, records: beam.PCollection
         snapshots | "WriteSnapshots" >> WriteSnapshots(opts.snapshot_path, opts.window_secs)
     if opts.dead_letter_path:
         dead_letters | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letter_path, opts.window_secs)
-    return PipelineOutputs(transitions, interval_sums, snapshots, dead_letters)
+    return PipelineOutputs(transitions, interval_sums, snapshots, ledger[KeepLedger.UPDATES], dead_letters)
 
 
 def parse_options(argv) -> PipelineOptions:

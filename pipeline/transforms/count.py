@@ -1,6 +1,8 @@
-"""CountPerInterval and BuildSnapshots: transitions -> interval sums -> window snapshots."""
+"""CountPerInterval and KeepLedger: transitions -> interval sums -> counter updates and snapshots."""
+
 
 import apache_beam as beam
+from apache_beam import pvalue
 from apache_beam.coders import PickleCoder
 from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
@@ -8,15 +10,8 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.typehints import KV
 
 from pipeline import metrics
+from pipeline.ledger import LEVEL, TRANSITION, Checkpoint, IntervalSum, Ledger, advance_ledger, next_wake_ms
 from pipeline.levels import OUTSIDE
-from pipeline.snapshots import (
-    LEVEL,
-    TRANSITION,
-    IntervalSum,
-    SnapshotState,
-    build_snapshots,
-    next_snapshot_wake_ms,
-)
 from pipeline.transforms.track import ms_to_timestamp, timestamp_to_ms
 
 
@@ -57,74 +52,103 @@ class CountPerInterval(beam.PTransform):
         )
 
 
-class _BuildSnapshotsFn(beam.DoFn):
-    """One key for the whole game: holds every level's count (hundreds of levels, not
-    players) and publishes each window once the watermark has passed its end."""
+class _LedgerFn(beam.DoFn):
+    """One key for the whole game: the ledger holds every level's count and every
+    transition's total (hundreds to thousands of keys, not players), and closes each
+    update instant once the watermark has passed it (rules in `pipeline.ledger`)."""
 
-    STATE = ReadModifyWriteStateSpec("snapshot_state", PickleCoder())
+    LEDGER = ReadModifyWriteStateSpec("ledger", PickleCoder())
     PENDING = BagStateSpec("pending_sums", PickleCoder())
     WAKE_MS = ReadModifyWriteStateSpec("wake_ms", PickleCoder())
-    PUBLISH = TimerSpec("publish", TimeDomain.WATERMARK)
+    CLOSE = TimerSpec("close", TimeDomain.WATERMARK)
 
-    def __init__(self, window_ms: int):
+    def __init__(self, update_ms: int, window_ms: int, resume_from: Checkpoint | None):
+        self._update_ms = update_ms
         self._window_ms = window_ms
+        self._resume_from = resume_from
         self._snapshots = metrics.counter("snapshots")
+        self._updates = metrics.counter("counter_updates")
+        self._already_applied = metrics.counter("interval_sums_already_applied")
+
+    def _read(self, ledger_state) -> Ledger:
+        ledger = ledger_state.read()
+        if ledger is None and self._resume_from is not None:
+            # First sight after a restart: continue from the last committed window.
+            ledger = Ledger.resume_from(self._resume_from, self._update_ms)
+        return ledger or Ledger()
 
     def process(
         self,
         element,
-        state=beam.DoFn.StateParam(STATE),
+        ledger_state=beam.DoFn.StateParam(LEDGER),
         pending=beam.DoFn.StateParam(PENDING),
-        publish=beam.DoFn.TimerParam(PUBLISH),
         wake_state=beam.DoFn.StateParam(WAKE_MS),
+        close=beam.DoFn.TimerParam(CLOSE),
     ):
         _, interval_sum = element
         pending.add(interval_sum)
-        current = state.read() or SnapshotState()
-        wake_ms = next_snapshot_wake_ms(current, [interval_sum], self._window_ms)
+        wake_ms = next_wake_ms(self._read(ledger_state), [interval_sum])
         previous = wake_state.read()
         if previous is None or wake_ms < previous:
             wake_state.write(wake_ms)
-            publish.set(ms_to_timestamp(wake_ms))
+            close.set(ms_to_timestamp(wake_ms))
 
-    @on_timer(PUBLISH)
-    def on_publish(
+    @on_timer(CLOSE)
+    def on_close(
         self,
         fired_at=beam.DoFn.TimestampParam,
-        state=beam.DoFn.StateParam(STATE),
+        ledger_state=beam.DoFn.StateParam(LEDGER),
         pending=beam.DoFn.StateParam(PENDING),
-        publish=beam.DoFn.TimerParam(PUBLISH),
         wake_state=beam.DoFn.StateParam(WAKE_MS),
+        close=beam.DoFn.TimerParam(CLOSE),
     ):
-        current = state.read() or SnapshotState()
-        current, snapshots, later = build_snapshots(
-            current, list(pending.read()), timestamp_to_ms(fired_at), self._window_ms
+        step = advance_ledger(
+            self._read(ledger_state),
+            list(pending.read()),
+            timestamp_to_ms(fired_at),
+            self._update_ms,
+            self._window_ms,
         )
-        for snapshot in snapshots:
+        self._already_applied.inc(len(step.already_applied))
+        for update in step.updates:
+            self._updates.inc()
+            yield pvalue.TaggedOutput(
+                KeepLedger.UPDATES, window.TimestampedValue(update, ms_to_timestamp(update.as_of_ms))
+            )
+        for snapshot in step.snapshots:
             self._snapshots.inc()
             yield window.TimestampedValue(snapshot, ms_to_timestamp(snapshot.window_end_ms))
         pending.clear()
-        for interval_sum in later:
+        for interval_sum in step.later:
             pending.add(interval_sum)
-        state.write(current)
-        wake_ms = next_snapshot_wake_ms(current, later, self._window_ms)
+        ledger_state.write(step.ledger)
+        wake_ms = next_wake_ms(step.ledger, step.later)
         wake_state.write(wake_ms)
         if wake_ms is not None:
-            publish.set(ms_to_timestamp(wake_ms))
+            close.set(ms_to_timestamp(wake_ms))
 
 
-class BuildSnapshots(beam.PTransform):
-    """IntervalSum -> Snapshot, one per window from the first window with an event
-    on, in window order, each as of its window end."""
+class KeepLedger(beam.PTransform):
+    """IntervalSum -> Snapshot (main output: one per window from the first window
+    with an event on, in order) and UPDATES: CounterUpdate per update instant with
+    the keys that changed, and the ledger's Checkpoint at window ends."""
 
-    def __init__(self, window_secs: int):
+    SNAPSHOTS = "snapshots"
+    UPDATES = "updates"
+
+    def __init__(self, update_secs: int, window_secs: int, resume_from: Checkpoint | None = None):
         super().__init__()
+        self._update_ms = int(update_secs * 1000)
         self._window_ms = int(window_secs * 1000)
+        self._resume_from = resume_from
 
     def expand(self, interval_sums):
         return (
             interval_sums
-            | "KeyForSnapshots" >> beam.Map(lambda s: ("game", s)).with_output_types(KV[str, IntervalSum])
+            | "KeyForLedger" >> beam.Map(lambda s: ("game", s)).with_output_types(KV[str, IntervalSum])
             # ("game", IntervalSum): one key, the whole game
-            | "BuildSnapshots" >> beam.ParDo(_BuildSnapshotsFn(self._window_ms))
+            | "CloseInstants"
+            >> beam.ParDo(_LedgerFn(self._update_ms, self._window_ms, self._resume_from)).with_outputs(
+                self.UPDATES, main=self.SNAPSHOTS
+            )
         )
