@@ -89,6 +89,8 @@ def advance_ledger(
     updates, snapshots = [], []
     instant = next_instant
     while instant <= until_ms:
+        if not levels and not in_window and not due:
+            break  # quiet: the next event's instant picks up from here, filling the gap
         changed_levels, changed_totals = {}, {}
         for s in due.pop(instant, []):
             if s.kind == LEVEL:
@@ -124,8 +126,6 @@ def advance_ledger(
                 )
             )
         instant += update_ms
-        if is_window_end and not levels and not due and not later:
-            break  # quiet: the next event's instant picks up from here, filling the gap
     new_ledger = Ledger(
         tuple(sorted(levels.items())),
         tuple(sorted(totals.items())),
@@ -135,12 +135,13 @@ def advance_ledger(
     return LedgerStep(new_ledger, updates, snapshots, later, already)
 
 
-def next_wake_ms(ledger: Ledger, pending: Iterable[IntervalSum]) -> int | None:
-    """The next instant to close: the next one while active, else the earliest pending
-    sum's (the instants between are closed then too); None when quiet and idle."""
+def next_wake_ms(ledger: Ledger, pending: Iterable[IntervalSum], window_ms: int) -> int | None:
+    """The next instant at which closing changes anything: the earliest pending sum's,
+    or the next window end while active (a snapshot is due even if nothing changes);
+    None when quiet and idle. The instants between are closed then too."""
     candidates = [s.interval_end_ms for s in pending]
     if ledger.next_instant_ms is not None and ledger.is_active():
-        candidates.append(ledger.next_instant_ms)
+        candidates.append(-(-ledger.next_instant_ms // window_ms) * window_ms)
     if candidates and ledger.next_instant_ms is not None:
         return max(min(candidates), ledger.next_instant_ms)
     return min(candidates) if candidates else None

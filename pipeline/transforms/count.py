@@ -87,7 +87,7 @@ class _LedgerFn(beam.DoFn):
     ):
         _, interval_sum = element
         pending.add(interval_sum)
-        wake_ms = next_wake_ms(self._read(ledger_state), [interval_sum])
+        wake_ms = next_wake_ms(self._read(ledger_state), [interval_sum], self._window_ms)
         previous = wake_state.read()
         if previous is None or wake_ms < previous:
             wake_state.write(wake_ms)
@@ -122,7 +122,7 @@ class _LedgerFn(beam.DoFn):
         for interval_sum in step.later:
             pending.add(interval_sum)
         ledger_state.write(step.ledger)
-        wake_ms = next_wake_ms(step.ledger, step.later)
+        wake_ms = next_wake_ms(step.ledger, step.later, self._window_ms)
         wake_state.write(wake_ms)
         if wake_ms is not None:
             close.set(ms_to_timestamp(wake_ms))

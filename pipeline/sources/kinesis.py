@@ -1,0 +1,625 @@
+"""ReadKinesisRecords: the streaming source, a splittable DoFn over boto3 (no Java).
+
+Design
+------
+* `ListRootShards` (after an Impulse) calls ListShards once and emits one element per
+  *root* shard: a shard whose parent is not in the listing. A "LATEST" start is pinned
+  here to AT_TIMESTAMP of the wall clock, so a restore before the first record neither
+  skips records that arrived meanwhile nor re-reads older ones.
+* `_ReadShardsFn` is a splittable DoFn. Its restriction (`KinesisRestriction`) starts as
+  one shard and holds a cursor per shard it reads: the shard id, where to resume
+  (TRIM_HORIZON, AT_TIMESTAMP:<ms> or AFTER_SEQUENCE_NUMBER:<seq> of the last claimed
+  record), the latest event time claimed (for the watermark) and since when the shard
+  has been caught up and silent.
+* Resharding: when a closed shard's GetRecords returns no NextShardIterator, the reader
+  calls ListShards and *adopts* the children whose ParentShardId is that shard, in the
+  same claim that retires the parent. Every shard has exactly one ParentShardId, read by
+  exactly one restriction, so every child is adopted exactly once (never lost, never read
+  twice), and a child of a split is read only after its parent was read to its end. A
+  merged child is gated on its ParentShardId only, not on its AdjacentParentShardId,
+  whose reader just retires that shard.
+  The price: a lineage keeps the parallelism of the roots (no watcher SDF is needed, so
+  nothing else has to learn when to stop).
+* Each process() call polls every shard of the restriction once (at most one GetRecords
+  per shard per poll_interval_secs >= 0.2 s, i.e. the service's 5 calls/s), claims each
+  record before emitting it, advances the ManualWatermarkEstimator, then checkpoints with
+  `tracker.defer_remainder()` (this Beam's Python runners ignore ProcessContinuation).
+
+Why a retry or a restore never duplicates or skips
+---------------------------------------------------
+The restriction is the only thing a runner keeps. Records are emitted only after
+`try_claim(RecordClaim)` moved the shard's cursor to AFTER_SEQUENCE_NUMBER of that record,
+and a checkpoint (try_split(0)) hands the residual exactly those cursors: the primary is
+"everything claimed so far", the residual starts right after the last claimed record. A
+failed bundle is retried from the previous residual with its outputs discarded, so it
+re-reads exactly what it had not committed. The DoFn caches shard iterators only under
+the cursor they continue from, and after ExpiredIteratorException asks for a fresh one
+from the cursor (or the original position when nothing was claimed yet). Sequence numbers
+are compared as integers; a record at or before the cursor is dropped, never re-emitted.
+
+Watermark and lateness
+----------------------
+Per restriction: min over its shards of (latest event time claimed - max out-of-
+orderness), never moving back. A shard caught up (empty GetRecords, MillisBehindLatest 0)
+and silent for idle_shard_secs follows the wall clock instead (now - out-of-orderness),
+so idle players still time out downstream. A record whose event time is behind the
+watermark this restriction already reported goes to LATE as a DeadLetter, so nothing
+downstream is ever late: lateness is judged where the watermark is made. A record without
+a usable event time (not UTF-8, wrong field count, bad timestamp) is timestamped at its
+ApproximateArrivalTimestamp (raised to the watermark if behind it); the parser
+dead-letters it with the true reason.
+
+Not handled: KPL-aggregated records are emitted as they are (not de-aggregated).
+"""
+
+import functools
+import logging
+import random
+import time
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
+
+from pipeline import metrics
+from pipeline.events import (
+    DEFAULT_EVENT_TIME_FIELD,
+    FIELD_NAMES,
+    LATE,
+    BadLine,
+    DeadLetter,
+    decode_line,
+    event_time_ms,
+    printable,
+)
+from pipeline.transforms.parse import EnrichedRecord
+
+_LOG = logging.getLogger(__name__)
+
+TRIM_HORIZON = "TRIM_HORIZON"
+LATEST = "LATEST"
+AT_TIMESTAMP = "AT_TIMESTAMP"
+AFTER_SEQUENCE_NUMBER = "AFTER_SEQUENCE_NUMBER"
+
+MIN_POLL_INTERVAL_SECS = 0.2  # Kinesis allows 5 GetRecords calls per second per shard
+MAX_RECORDS_LIMIT = 10000  # GetRecords' own maximum
+MAX_BACKOFF_SECS = 5.0
+CHILD_LISTING_INTERVAL_SECS = 1.0  # how often to look for the children of an ended shard
+
+THROTTLED = ("ProvisionedThroughputExceededException", "LimitExceededException", "ThrottlingException")
+EXPIRED_ITERATOR = "ExpiredIteratorException"
+NOT_FOUND = "ResourceNotFoundException"
+
+
+# --- Positions -------------------------------------------------------------------------
+
+
+class InitialPosition(NamedTuple):
+    kind: str  # LATEST, TRIM_HORIZON or AT_TIMESTAMP
+    timestamp_ms: int | None = None
+
+
+def parse_initial_position(text: str) -> InitialPosition:
+    """'LATEST', 'TRIM_HORIZON' or 'AT_TIMESTAMP:<ISO 8601>' (naive means UTC)."""
+    value = (text or "").strip()
+    if value.upper() in (LATEST, TRIM_HORIZON):
+        return InitialPosition(value.upper())
+    prefix = AT_TIMESTAMP + ":"
+    if value.upper().startswith(prefix):
+        moment_text = value[len(prefix) :].strip()
+        try:
+            moment = datetime.fromisoformat(moment_text)
+        except ValueError:
+            raise ValueError(
+                f"initial position {text!r}: {moment_text!r} is not an ISO 8601 time, "
+                "e.g. AT_TIMESTAMP:2026-11-27T14:00:00Z"
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return InitialPosition(AT_TIMESTAMP, int(moment.timestamp() * 1000))
+    raise ValueError(
+        f"initial position {text!r} is not one of LATEST, TRIM_HORIZON or "
+        "AT_TIMESTAMP:<ISO 8601 time> (e.g. AT_TIMESTAMP:2026-11-27T14:00:00Z)"
+    )
+
+
+def start_position(initial: InitialPosition, now_ms: int) -> str:
+    """The cursor position a shard starts from. LATEST is pinned to the wall clock:
+    a bare LATEST iterator cannot be resumed after a restore without skipping."""
+    if initial.kind == TRIM_HORIZON:
+        return TRIM_HORIZON
+    if initial.kind == AT_TIMESTAMP:
+        return f"{AT_TIMESTAMP}:{initial.timestamp_ms}"
+    return f"{AT_TIMESTAMP}:{now_ms}"
+
+
+def after(sequence_number: str) -> str:
+    return f"{AFTER_SEQUENCE_NUMBER}:{sequence_number}"
+
+
+def claimed_sequence(position: str) -> int | None:
+    """The sequence number a position resumes after, as an int (None if nothing claimed)."""
+    if position.startswith(AFTER_SEQUENCE_NUMBER + ":"):
+        return int(position.split(":", 1)[1])
+    return None
+
+
+def shard_iterator_request(stream_name: str, shard_id: str, position: str) -> dict:
+    """GetShardIterator arguments that resume at `position`."""
+    request = {"StreamName": stream_name, "ShardId": shard_id}
+    kind, _, value = position.partition(":")
+    if kind == AFTER_SEQUENCE_NUMBER:
+        request.update(ShardIteratorType=AFTER_SEQUENCE_NUMBER, StartingSequenceNumber=value)
+    elif kind == AT_TIMESTAMP:
+        request.update(
+            ShardIteratorType=AT_TIMESTAMP, Timestamp=datetime.fromtimestamp(int(value) / 1000, UTC)
+        )
+    elif kind in (TRIM_HORIZON, LATEST):
+        request.update(ShardIteratorType=kind)
+    else:
+        raise ValueError(f"unknown shard position {position!r}")
+    return request
+
+
+# --- Restriction and tracker -----------------------------------------------------------
+
+
+class RootShard(NamedTuple):
+    """The element the reader gets: one root shard and the position the stream starts at
+    (which its adopted descendants also start from)."""
+
+    shard_id: str
+    start: str
+
+
+class ShardCursor(NamedTuple):
+    shard_id: str
+    position: str  # TRIM_HORIZON, AT_TIMESTAMP:<ms> or AFTER_SEQUENCE_NUMBER:<seq>
+    max_event_ms: int | None = None  # latest event time claimed in this shard
+    quiet_since_ms: int | None = None  # wall clock since when caught up and silent
+
+
+class KinesisRestriction(NamedTuple):
+    """The shards one reader is responsible for (one at first, its descendants after a
+    reshard). `finished` is set on a checkpoint's primary and when the reader stops."""
+
+    cursors: tuple
+    finished: bool = False
+
+
+class RecordClaim(NamedTuple):
+    shard_id: str
+    sequence_number: str
+    event_time_ms: int | None = None
+
+
+class CaughtUpClaim(NamedTuple):
+    """An empty GetRecords at the tip of the shard (or an ended shard awaiting children)."""
+
+    shard_id: str
+    now_ms: int
+
+
+class ShardEndClaim(NamedTuple):
+    """A closed shard read to its end, replaced by the children it hands over."""
+
+    shard_id: str
+    children: tuple  # ShardCursor of each adopted child
+
+
+class StopClaim(NamedTuple):
+    """The reader stops (stop_when_idle_secs, or no shard left): the rest is done."""
+
+
+class KinesisShardsTracker(RestrictionTracker):
+    """Tracks the cursors of a KinesisRestriction. Claims only move cursors forward;
+    try_split is checkpoint-only (primary = what was claimed, residual = from right
+    after it)."""
+
+    def __init__(self, restriction: KinesisRestriction):
+        self._restriction = restriction
+        self._claims = 0
+
+    def current_restriction(self):
+        return self._restriction
+
+    def current_progress(self):
+        return RestrictionProgress(completed=self._claims, remaining=0 if self._restriction.finished else 1)
+
+    def is_bounded(self):
+        return self._restriction.finished
+
+    def check_done(self):
+        if not self._restriction.finished:
+            raise ValueError(
+                f"Kinesis restriction not finished: shards {[c.shard_id for c in self._restriction.cursors]} "
+                "are still to be read; the reader must checkpoint (defer_remainder) or claim StopClaim"
+            )
+
+    def try_split(self, fraction_of_remainder):
+        if fraction_of_remainder != 0 or self._restriction.finished:
+            return None  # only checkpoints: a shard's records cannot be split by position
+        residual = self._restriction
+        self._restriction = residual._replace(finished=True)
+        return self._restriction, residual
+
+    def try_claim(self, claim):
+        if self._restriction.finished:
+            return False
+        if isinstance(claim, StopClaim):
+            self._restriction = self._restriction._replace(finished=True)
+            return True
+        cursors = list(self._restriction.cursors)
+        index = next((i for i, c in enumerate(cursors) if c.shard_id == claim.shard_id), None)
+        if index is None:
+            raise ValueError(f"claim {claim} for a shard this restriction does not read")
+        cursor = cursors[index]
+        if isinstance(claim, RecordClaim):
+            last = claimed_sequence(cursor.position)
+            if last is not None and int(claim.sequence_number) <= last:
+                raise ValueError(f"claim {claim} is not after {cursor.position}")
+            max_event = cursor.max_event_ms
+            if claim.event_time_ms is not None:
+                max_event = claim.event_time_ms if max_event is None else max(max_event, claim.event_time_ms)
+            cursors[index] = cursor._replace(
+                position=after(claim.sequence_number), max_event_ms=max_event, quiet_since_ms=None
+            )
+        elif isinstance(claim, CaughtUpClaim):
+            if cursor.quiet_since_ms is None:
+                cursors[index] = cursor._replace(quiet_since_ms=claim.now_ms)
+        elif isinstance(claim, ShardEndClaim):
+            known = {c.shard_id for c in cursors}
+            cursors[index : index + 1] = [c for c in claim.children if c.shard_id not in known]
+        else:
+            raise ValueError(f"unknown claim {claim!r}")
+        self._claims += 1
+        self._restriction = self._restriction._replace(cursors=tuple(cursors))
+        return True
+
+
+class _KinesisRestrictionProvider(RestrictionProvider):
+    def initial_restriction(self, element: RootShard):
+        return KinesisRestriction((ShardCursor(element.shard_id, element.start),))
+
+    def create_tracker(self, restriction):
+        return KinesisShardsTracker(restriction)
+
+    def restriction_size(self, element, restriction):
+        return 1
+
+
+# --- Rules -----------------------------------------------------------------------------
+
+
+def record_event_time_ms(data, event_time_field: str) -> int | None:
+    """The event time of a record's enriched line, or None when it has none usable."""
+    try:
+        fields = decode_line(data).split("\t")
+        if len(fields) != len(FIELD_NAMES):
+            return None
+        return event_time_ms(fields, event_time_field)
+    except BadLine:
+        return None
+
+
+def place_record(event_ms, arrival_ms: int, watermark_ms) -> tuple:
+    """(timestamp ms, is late) of a record, given the watermark already reported.
+
+    Without an event time: arrival time, raised to the watermark so it is never late
+    (the parser dead-letters the line with its true reason)."""
+    if event_ms is None:
+        return (arrival_ms if watermark_ms is None else max(arrival_ms, watermark_ms)), False
+    return event_ms, watermark_ms is not None and event_ms < watermark_ms
+
+
+def epoch_ms(moment) -> int:
+    if isinstance(moment, datetime):
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        return int(moment.timestamp() * 1000)
+    return int(float(moment) * 1000)
+
+
+def shard_watermark_ms(cursor: ShardCursor, now_ms: int, out_of_orderness_ms: int, idle_ms: int):
+    """What one shard allows the watermark to be; None holds it (nothing known yet)."""
+    mark = None if cursor.max_event_ms is None else cursor.max_event_ms - out_of_orderness_ms
+    if cursor.quiet_since_ms is not None and now_ms - cursor.quiet_since_ms >= idle_ms:
+        wall = now_ms - out_of_orderness_ms  # an idle shard must not hold timeouts back
+        mark = wall if mark is None else max(mark, wall)
+    return mark
+
+
+def restriction_watermark_ms(restriction, now_ms, out_of_orderness_ms, idle_ms):
+    marks = [shard_watermark_ms(c, now_ms, out_of_orderness_ms, idle_ms) for c in restriction.cursors]
+    if not marks or any(mark is None for mark in marks):
+        return None
+    return min(marks)
+
+
+def all_idle(restriction, now_ms, idle_ms) -> bool:
+    return all(
+        c.quiet_since_ms is not None and now_ms - c.quiet_since_ms >= idle_ms for c in restriction.cursors
+    )
+
+
+def error_code(error) -> str:
+    return getattr(error, "response", {}).get("Error", {}).get("Code", "")
+
+
+def list_shards(client, stream_name: str) -> list:
+    shards, request = [], {"StreamName": stream_name}
+    while True:
+        response = client.list_shards(**request)
+        shards.extend(response.get("Shards", []))
+        token = response.get("NextToken")
+        if not token:
+            return shards
+        request = {"NextToken": token}  # ListShards refuses StreamName beside NextToken
+
+
+def root_shard_ids(shards: list) -> list:
+    """Shards whose parent is not listed (trimmed or never existed); the others are
+    adopted by their parent's reader when it ends."""
+    listed = {shard["ShardId"] for shard in shards}
+    return sorted(s["ShardId"] for s in shards if s.get("ParentShardId") not in listed)
+
+
+def child_shard_ids(shards: list, parent_id: str) -> list:
+    """The children a closed shard's reader adopts: those whose ParentShardId it is."""
+    return sorted(s["ShardId"] for s in shards if s.get("ParentShardId") == parent_id)
+
+
+def has_successor(shards: list, shard_id: str) -> bool:
+    """Whether a shard was split or merged (it is a parent or an adjacent parent)."""
+    return any(shard_id in (s.get("ParentShardId"), s.get("AdjacentParentShardId")) for s in shards)
+
+
+def make_kinesis_client(region, endpoint_url):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "kinesis", region_name=region, endpoint_url=endpoint_url, config=Config(retries={"mode": "standard"})
+    )
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# --- DoFns -----------------------------------------------------------------------------
+
+
+class _ListRootShardsFn(beam.DoFn):
+    def __init__(self, stream_name, initial_position: InitialPosition, client_factory):
+        self._stream_name = stream_name
+        self._initial = initial_position
+        self._client_factory = client_factory
+
+    def setup(self):
+        self._client = self._client_factory()
+
+    def process(self, _):
+        start = start_position(self._initial, _now_ms())  # pinned before listing
+        for shard_id in root_shard_ids(list_shards(self._client, self._stream_name)):
+            yield RootShard(shard_id, start)
+
+
+class _ReadShardsFn(beam.DoFn):
+    """Thin loop around GetRecords; positions, watermark and stop rules are above."""
+
+    def __init__(self, stream_name, client_factory, settings: dict):
+        self._stream_name = stream_name
+        self._client_factory = client_factory
+        self._s = settings
+        self._records = metrics.counter("kinesis_records_read")
+        self._calls = metrics.counter("kinesis_get_records_calls")
+        self._throttled = metrics.counter("kinesis_throttled_calls")
+        self._expired = metrics.counter("kinesis_expired_iterators")
+        self._late = metrics.counter("kinesis_late_records")
+        self._per_shard = {}
+
+    def setup(self):
+        self._client = self._client_factory()
+        # Worker-local caches, all safe to lose: an iterator is kept only under the
+        # cursor position it continues from.
+        self._iterators = {}  # shard_id -> (position, iterator)
+        self._next_call = {}  # shard_id -> monotonic time of the next allowed call
+        self._backoffs = {}  # shard_id -> consecutive throttles
+        self._ended = {}  # shard_id -> monotonic time to look for its children again
+
+    def process(
+        self,
+        root: RootShard,
+        tracker=beam.DoFn.RestrictionParam(_KinesisRestrictionProvider()),
+        watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),
+    ):
+        for cursor in tracker.current_restriction().cursors:
+            claimed = yield from self._poll_shard(root, cursor, tracker, watermark.current_watermark())
+            if not claimed:
+                return  # the runner checkpointed under us: the residual is already set
+        restriction = tracker.current_restriction()
+        now_ms = _now_ms()
+        mark = restriction_watermark_ms(
+            restriction, now_ms, self._s["out_of_orderness_ms"], self._s["idle_shard_ms"]
+        )
+        current = watermark.current_watermark()
+        if mark is not None and (current is None or Timestamp(micros=mark * 1000) > current):
+            watermark.set_watermark(Timestamp(micros=mark * 1000))
+        stop_ms = self._s["stop_when_idle_ms"]
+        if not restriction.cursors or (stop_ms is not None and all_idle(restriction, now_ms, stop_ms)):
+            tracker.try_claim(StopClaim())  # finished: this restriction's watermark goes to +inf
+            return
+        tracker.defer_remainder()
+
+    def _poll_shard(self, root, cursor, tracker, current_watermark):
+        """Generator: one GetRecords on one shard; returns False if a claim was refused."""
+        shard_id = cursor.shard_id
+        if shard_id in self._ended:
+            return self._adopt_children(root, shard_id, tracker)
+        for _attempt in range(2):  # a second time only after an expired iterator
+            self._pace(shard_id)
+            try:
+                iterator = self._iterator(cursor)
+                if iterator is None:
+                    return self._adopt_children(root, shard_id, tracker)
+                response = self._client.get_records(ShardIterator=iterator, Limit=self._s["max_records"])
+                self._calls.inc()
+            except Exception as error:  # botocore ClientError, matched by code
+                code = error_code(error)
+                if code in THROTTLED:
+                    self._throttled.inc()
+                    self._back_off(shard_id)
+                    return True
+                if code == EXPIRED_ITERATOR:
+                    self._expired.inc()
+                    self._iterators.pop(shard_id, None)
+                    continue
+                if code == NOT_FOUND:  # the shard was trimmed away: it has ended
+                    return self._adopt_children(root, shard_id, tracker)
+                raise
+            self._backoffs.pop(shard_id, None)
+            break
+        else:
+            return True  # expired twice in a row: try again next round
+        position = cursor.position
+        last = claimed_sequence(position)
+        for record in response.get("Records", []):
+            sequence = record["SequenceNumber"]
+            if last is not None and int(sequence) <= last:
+                continue  # already claimed: never emit twice
+            data = record["Data"]
+            event_ms = record_event_time_ms(data, self._s["event_time_field"])
+            if not tracker.try_claim(RecordClaim(shard_id, sequence, event_ms)):
+                return False
+            position, last = after(sequence), int(sequence)
+            self._count(shard_id)
+            yield self._output(shard_id, sequence, data, event_ms, record, current_watermark)
+        next_iterator = response.get("NextShardIterator")
+        if next_iterator is None:
+            self._iterators.pop(shard_id, None)
+            return self._adopt_children(root, shard_id, tracker)
+        self._iterators[shard_id] = (position, next_iterator)
+        if not response.get("Records") and response.get("MillisBehindLatest", 0) == 0:
+            return tracker.try_claim(CaughtUpClaim(shard_id, _now_ms()))
+        return True
+
+    def _output(self, shard_id, sequence, data, event_ms, record, current_watermark):
+        position = f"{shard_id}:{sequence}"
+        watermark_ms = None if current_watermark is None else current_watermark.micros // 1000
+        arrival_ms = epoch_ms(record["ApproximateArrivalTimestamp"])
+        time_ms, late = place_record(event_ms, arrival_ms, watermark_ms)
+        stamp = Timestamp(micros=time_ms * 1000)
+        if late:
+            self._late.inc()
+            detail = f"event time {event_ms} ms is behind the source watermark {watermark_ms} ms"
+            letter = DeadLetter(LATE, detail, position, printable(data), event_ms)
+            return pvalue.TaggedOutput(ReadKinesisRecords.LATE, TimestampedValue(letter, stamp))
+        return TimestampedValue(EnrichedRecord(position, data), stamp)
+
+    def _adopt_children(self, root, shard_id, tracker):
+        """Hands a closed shard over to its children; False if the claim was refused."""
+        now = time.monotonic()
+        if now < self._ended.get(shard_id, 0):
+            return tracker.try_claim(CaughtUpClaim(shard_id, _now_ms()))
+        try:
+            shards = list_shards(self._client, self._stream_name)
+        except Exception as error:
+            if error_code(error) not in THROTTLED:
+                raise
+            self._throttled.inc()
+            shards = []
+        children = child_shard_ids(shards, shard_id)
+        if not has_successor(shards, shard_id):
+            # Not listed yet (or the stream is going away): look again later; the shard
+            # counts as caught up so it neither holds the watermark forever nor the stop.
+            self._ended[shard_id] = now + CHILD_LISTING_INTERVAL_SECS
+            return tracker.try_claim(CaughtUpClaim(shard_id, _now_ms()))
+        self._ended.pop(shard_id, None)
+        # No child to adopt: merged into a shard the reader of its ParentShardId adopts.
+        _LOG.info("Kinesis shard %s ended; adopting its children %s", shard_id, children)
+        claim = ShardEndClaim(shard_id, tuple(ShardCursor(child, root.start) for child in children))
+        return tracker.try_claim(claim)
+
+    def _iterator(self, cursor):
+        cached = self._iterators.get(cursor.shard_id)
+        if cached is not None and cached[0] == cursor.position:
+            return cached[1]
+        request = shard_iterator_request(self._stream_name, cursor.shard_id, cursor.position)
+        return self._client.get_shard_iterator(**request).get("ShardIterator")
+
+    def _pace(self, shard_id):
+        wait = self._next_call.get(shard_id, 0) - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        self._next_call[shard_id] = time.monotonic() + self._s["poll_interval_secs"]
+
+    def _back_off(self, shard_id):
+        """Exponential backoff with full jitter, on top of the normal poll interval."""
+        attempts = self._backoffs.get(shard_id, 0) + 1
+        self._backoffs[shard_id] = attempts
+        ceiling = min(MAX_BACKOFF_SECS, self._s["poll_interval_secs"] * 2**attempts)
+        self._next_call[shard_id] = (
+            time.monotonic() + self._s["poll_interval_secs"] + random.uniform(0, ceiling)
+        )
+
+    def _count(self, shard_id):
+        self._records.inc()
+        if shard_id not in self._per_shard:
+            self._per_shard[shard_id] = metrics.counter(f"kinesis_records_read_{shard_id}")
+        self._per_shard[shard_id].inc()
+
+
+class ReadKinesisRecords(beam.PTransform):
+    """Every shard of a Kinesis stream -> EnrichedRecord timestamped at its event time
+    (RECORDS), and LATE: DeadLetter for records behind the source's own watermark.
+    See the module docstring for the design."""
+
+    RECORDS = "records"
+    LATE = "late"
+
+    def __init__(
+        self,
+        stream_name,
+        region,
+        endpoint_url=None,
+        initial_position="LATEST",
+        max_out_of_orderness_secs=10,
+        idle_shard_secs=30,
+        max_records=1000,
+        stop_when_idle_secs=None,
+        event_time_field=DEFAULT_EVENT_TIME_FIELD,
+        poll_interval_secs=0.2,
+        client_factory=None,
+    ):
+        super().__init__()
+        self._stream_name = stream_name
+        self._initial = parse_initial_position(initial_position)
+        # A partial of a module-level function pickles; the client itself is made in setup().
+        self._client_factory = client_factory or functools.partial(make_kinesis_client, region, endpoint_url)
+        self._settings = {
+            "out_of_orderness_ms": int(max_out_of_orderness_secs * 1000),
+            "idle_shard_ms": int(idle_shard_secs * 1000),
+            "max_records": max(1, min(MAX_RECORDS_LIMIT, int(max_records))),
+            "stop_when_idle_ms": None if stop_when_idle_secs is None else int(stop_when_idle_secs * 1000),
+            "event_time_field": event_time_field,
+            "poll_interval_secs": max(MIN_POLL_INTERVAL_SECS, float(poll_interval_secs)),
+        }
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Impulse" >> beam.Impulse()
+            | "ListRootShards"
+            >> beam.ParDo(_ListRootShardsFn(self._stream_name, self._initial, self._client_factory))
+            | "ReadShards"
+            >> beam.ParDo(
+                _ReadShardsFn(self._stream_name, self._client_factory, self._settings)
+            ).with_outputs(self.LATE, main=self.RECORDS)
+        )
