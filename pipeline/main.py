@@ -14,6 +14,7 @@ from pipeline.options import LevelAnalyticsOptions, unknown_flags
 from pipeline.sinks.dead_letters import WriteDeadLetters
 from pipeline.sinks.snapshots import WriteSnapshots
 from pipeline.sources.files import ReadEnrichedFiles
+from pipeline.sources.kinesis import ReadKinesisRecords
 from pipeline.transforms.count import CountPerInterval, KeepLedger
 from pipeline.transforms.parse import ParseEnrichedEvents
 from pipeline.transforms.track import TrackPlayerLevels
@@ -32,7 +33,22 @@ class PipelineOutputs(NamedTuple):
 def build_pipeline(pipeline, options: PipelineOptions, records: beam.PCollection | None = None):
     """Wire the stages. `records` (EnrichedRecord) replaces the source, for tests."""
     opts = options.view_as(LevelAnalyticsOptions)
-    if records is None:
+    source_dead_letters = []
+    if records is None and opts.stream_name:
+        read = pipeline | "ReadKinesis" >> ReadKinesisRecords(
+            opts.stream_name,
+            opts.aws_region,
+            endpoint_url=opts.aws_endpoint_url,
+            initial_position=opts.initial_position,
+            max_out_of_orderness_secs=opts.max_out_of_orderness_secs,
+            idle_shard_secs=opts.idle_shard_secs,
+            max_records=opts.max_records,
+            stop_when_idle_secs=opts.stop_when_idle_secs,
+            event_time_field=opts.event_time_field,
+        )
+        records = read[ReadKinesisRecords.RECORDS]
+        source_dead_letters.append(read[ReadKinesisRecords.LATE])
+    elif records is None:
         records = pipeline | "ReadInput" >> ReadEnrichedFiles(opts.input)
     parsed = records | "ParseEvents" >> ParseEnrichedEvents(opts.event_time_field)
     tracked = parsed[ParseEnrichedEvents.OBSERVATIONS] | "TrackPlayers" >> TrackPlayerLevels(
@@ -45,6 +61,7 @@ def build_pipeline(pipeline, options: PipelineOptions, records: beam.PCollection
     dead_letters = (
         parsed[ParseEnrichedEvents.DEAD_LETTERS],
         tracked[TrackPlayerLevels.LATE],
+        *source_dead_letters,
     ) | "AllDeadLetters" >> beam.Flatten()
 
     if opts.snapshot_path:
@@ -66,6 +83,8 @@ def parse_options(argv) -> PipelineOptions:
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = DEFAULT_RUNNER
+    if options.view_as(LevelAnalyticsOptions).stream_name:
+        standard.streaming = True
     return options
 
 

@@ -3,6 +3,7 @@
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
 from pipeline.events import DEFAULT_EVENT_TIME_FIELD, EVENT_TIME_FIELDS
+from pipeline.sources.kinesis import parse_initial_position
 
 
 class LevelAnalyticsOptions(PipelineOptions):
@@ -53,11 +54,71 @@ class LevelAnalyticsOptions(PipelineOptions):
             f"is empty). Default: {DEFAULT_EVENT_TIME_FIELD}.",
         )
 
+        stream = parser.add_argument_group("streaming from Kinesis")
+        stream.add_argument(
+            "--stream_name",
+            default=None,
+            help="Kinesis stream of enriched events to read forever (instead of --input). Default: none.",
+        )
+        stream.add_argument("--aws_region", default="us-east-1", help="AWS region. Default: us-east-1.")
+        stream.add_argument(
+            "--aws_endpoint_url",
+            default=None,
+            help="Endpoint for every AWS client (Kinesis, DynamoDB, S3), e.g. moto or LocalStack on "
+            "http://127.0.0.1:5000. Default: none (real AWS; credentials from boto3's usual chain).",
+        )
+        stream.add_argument(
+            "--initial_position",
+            default="LATEST",
+            help="Where to start reading: LATEST, TRIM_HORIZON or AT_TIMESTAMP:<ISO 8601>. Default: LATEST.",
+        )
+        stream.add_argument(
+            "--max_out_of_orderness_secs",
+            type=int,
+            default=10,
+            help="How far behind the latest event time a record may arrive and still count; "
+            "later ones are dead-lettered as late. Default: 10.",
+        )
+        stream.add_argument(
+            "--idle_shard_secs",
+            type=int,
+            default=30,
+            help="A caught-up shard silent this long stops holding the watermark back. Default: 30.",
+        )
+        stream.add_argument(
+            "--max_records",
+            type=int,
+            default=1000,
+            help="Records per GetRecords call (1-10000). Default: 1000.",
+        )
+        stream.add_argument(
+            "--stop_when_idle_secs",
+            type=int,
+            default=None,
+            help="Finish once every shard is caught up and silent this long (tests, backfills). Default: off.",
+        )
+
     def validation_errors(self) -> list:
         """Every problem with the options, each saying what to change."""
         errors = []
-        if not self.input:
-            errors.append("no input: give --input 'events/*.tsv' (files of enriched TSV lines).")
+        if not self.input and not self.stream_name:
+            errors.append(
+                "no input: give --input 'events/*.tsv' (files of enriched TSV lines) or --stream_name (Kinesis)."
+            )
+        if self.input and self.stream_name:
+            errors.append("--input and --stream_name both given: choose one source.")
+        if self.stream_name:
+            try:
+                parse_initial_position(self.initial_position)
+            except ValueError as error:
+                errors.append(f"--initial_position: {error}")
+            if not 1 <= self.max_records <= 10000:
+                errors.append(f"--max_records must be between 1 and 10000, not {self.max_records}.")
+            for name in ("max_out_of_orderness_secs", "idle_shard_secs"):
+                if getattr(self, name) < 0:
+                    errors.append(f"--{name} must not be negative.")
+            if self.stop_when_idle_secs is not None and self.stop_when_idle_secs <= 0:
+                errors.append("--stop_when_idle_secs must be positive (or left out to run forever).")
         if not (self.snapshot_path or self.dead_letter_path):
             errors.append("nothing to write: give --snapshot_path (a directory or s3://bucket/prefix).")
         for name in ("timeout_secs", "window_secs", "update_secs"):
