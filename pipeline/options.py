@@ -98,6 +98,28 @@ class LevelAnalyticsOptions(PipelineOptions):
             help="Finish once every shard is caught up and silent this long (tests, backfills). Default: off.",
         )
 
+        tables = parser.add_argument_group("DynamoDB")
+        tables.add_argument(
+            "--write_dynamodb",
+            action="store_true",
+            default=False,
+            help="Keep the level-state and transitions tables up to date (every --update_secs), and "
+            "resume from the progress table's checkpoint after a restart. Default: off.",
+        )
+        tables.add_argument("--level_table", default="level-state", help="Default: level-state.")
+        tables.add_argument("--transitions_table", default="transitions", help="Default: transitions.")
+        tables.add_argument(
+            "--progress_table",
+            default="level-analytics-progress",
+            help="Where the pipeline records how far it has committed. Default: level-analytics-progress.",
+        )
+        tables.add_argument(
+            "--create_tables",
+            action="store_true",
+            default=False,
+            help="Create the three tables (on-demand billing) if they are missing. Default: off.",
+        )
+
     def validation_errors(self) -> list:
         """Every problem with the options, each saying what to change."""
         errors = []
@@ -119,8 +141,10 @@ class LevelAnalyticsOptions(PipelineOptions):
                     errors.append(f"--{name} must not be negative.")
             if self.stop_when_idle_secs is not None and self.stop_when_idle_secs <= 0:
                 errors.append("--stop_when_idle_secs must be positive (or left out to run forever).")
-        if not (self.snapshot_path or self.dead_letter_path):
-            errors.append("nothing to write: give --snapshot_path (a directory or s3://bucket/prefix).")
+        if not (self.snapshot_path or self.dead_letter_path or self.write_dynamodb):
+            errors.append(
+                "nothing to write: give --snapshot_path (a directory or s3://bucket/prefix) and/or --write_dynamodb."
+            )
         for name in ("timeout_secs", "window_secs", "update_secs"):
             if getattr(self, name) <= 0:
                 errors.append(f"--{name} must be positive (a number of seconds), not {getattr(self, name)}.")

@@ -8,7 +8,9 @@ import subprocess
 import sys
 import time
 
+import boto3
 from moto_server import make_stream, moto_endpoint  # noqa: F401
+from reference_model import model_transition_totals
 from test_main_end_to_end import assert_history_equals_model
 
 from pipeline.simulate import SimulationSettings, simulate
@@ -45,6 +47,8 @@ def test_stream_from_kinesis_matches_the_model(moto_endpoint, tmp_path, read_sna
             "--stop_when_idle_secs=3",
             f"--snapshot_path={out}",
             f"--dead_letter_path={bad}",
+            "--write_dynamodb",
+            "--create_tables",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -59,3 +63,15 @@ def test_stream_from_kinesis_matches_the_model(moto_endpoint, tmp_path, read_sna
     dead = [json.loads(line) for path in bad.rglob("*.jsonl") for line in path.read_text().splitlines()]
     assert len(dead) == stream.malformed and not [d for d in dead if d["reason"] == "late"]
     assert all(d["position"].startswith("shardId-") for d in dead)
+
+    # DynamoDB: the transitions table holds the model's totals, every level is back at 0.
+    dynamodb = boto3.client("dynamodb", endpoint_url=moto_endpoint, region_name="us-east-1")
+    transitions = dynamodb.scan(TableName="transitions")["Items"]
+    totals = {item["transitionLevels"]["S"]: int(item["count"]["N"]) for item in transitions}
+    assert totals == model_transition_totals(stream.observations)
+    for item in transitions:
+        from_level, to_level = item["transitionLevels"]["S"].split("/")
+        assert item.get("levelFrom", {}).get("S") == (from_level or None)
+        assert item.get("levelTo", {}).get("S") == (to_level or None)
+    levels = dynamodb.scan(TableName="level-state")["Items"]
+    assert levels and {int(item["playerCount"]["N"]) for item in levels} == {0}

@@ -1,6 +1,5 @@
 """CountPerInterval and KeepLedger: transitions -> interval sums -> counter updates and snapshots."""
 
-
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.coders import PickleCoder

@@ -1,0 +1,327 @@
+"""WriteCounterUpdates: the ledger's CounterUpdates to DynamoDB, effectively once.
+
+level table        levelId (S) -> playerCount (N), asOf (N), updatedAt (S)
+transitions table  transitionLevels (S, "from/to") -> count (N), levelFrom (S), levelTo (S), asOf (N)
+progress table     pipeline (S) -> asOf (N), levels (S, JSON), transitionTotals (S, JSON), updatedAt (S)
+
+Every write is a conditional UpdateItem of an absolute value ("asOf < :as_of"), so no
+write can apply twice or move a value back in time. BatchWriteItem takes no condition
+and is not used.
+"""
+
+import json
+import logging
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, NamedTuple
+
+import apache_beam as beam
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotocoreConnectionError
+
+from pipeline import metrics
+from pipeline.ledger import Checkpoint, CounterUpdate
+from pipeline.snapshots import iso_utc
+
+_LOG = logging.getLogger(__name__)
+
+NEWER_ONLY = "attribute_not_exists(asOf) OR asOf < :as_of"
+REPEAT = "ConditionalCheckFailedException"
+THROTTLING = frozenset(
+    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
+)
+TRANSIENT = THROTTLING | {"InternalServerError", "ServiceUnavailable"}
+CONNECTION_ERRORS = (BotocoreConnectionError, HTTPClientError)  # incl. ReadTimeout, ConnectionClosed
+WRITE_WORKERS = 8
+
+
+class DynamoDBWriteError(RuntimeError):
+    """An item that could not be written; the runner retries the bundle (idempotent)."""
+
+
+class _Write(NamedTuple):
+    """One conditional UpdateItem."""
+
+    table: str
+    key: dict
+    sets: dict  # attribute name -> DynamoDB typed value, e.g. {"playerCount": {"N": "3"}}
+    as_of_ms: int
+
+    def describe(self) -> str:
+        return f"table {self.table!r} key {', '.join(f'{k}={next(iter(v.values()))}' for k, v in self.key.items())}"
+
+    def request(self) -> dict:
+        names = {}
+        values = {":as_of": {"N": str(self.as_of_ms)}}
+        assignments = ["asOf = :as_of"]
+        for i, (name, value) in enumerate(sorted(self.sets.items())):
+            names[f"#a{i}"] = name  # "count" is a reserved word: every name goes through #
+            values[f":v{i}"] = value
+            assignments.append(f"#a{i} = :v{i}")
+        return {
+            "TableName": self.table,
+            "Key": self.key,
+            "UpdateExpression": "SET " + ", ".join(assignments),
+            "ConditionExpression": NEWER_ONLY,
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
+
+
+class _Outcome(NamedTuple):
+    retries: int
+    repeat: bool  # the condition failed: this value or a newer one is already there
+
+
+def level_write(table: str, level: str, players: int, as_of_ms: int) -> _Write:
+    sets = {"playerCount": {"N": str(players)}, "updatedAt": {"S": iso_utc(as_of_ms)}}
+    return _Write(table, {"levelId": {"S": level}}, sets, as_of_ms)
+
+
+def transition_write(table: str, transition: str, total: int, as_of_ms: int) -> _Write:
+    level_from, _, level_to = transition.partition("/")
+    sets = {"count": {"N": str(total)}}
+    if level_from:
+        sets["levelFrom"] = {"S": level_from}
+    if level_to:
+        sets["levelTo"] = {"S": level_to}
+    return _Write(table, {"transitionLevels": {"S": transition}}, sets, as_of_ms)
+
+
+def _json_counts(pairs) -> str:
+    return json.dumps({key: int(count) for key, count in pairs}, sort_keys=True, separators=(",", ":"))
+
+
+def checkpoint_write(table: str, pipeline_name: str, checkpoint: Checkpoint) -> _Write:
+    sets = {
+        "levels": {"S": _json_counts(checkpoint.levels)},
+        "transitionTotals": {"S": _json_counts(checkpoint.transition_totals)},
+        "updatedAt": {"S": iso_utc(checkpoint.as_of_ms)},
+    }
+    return _Write(table, {"pipeline": {"S": pipeline_name}}, sets, checkpoint.as_of_ms)
+
+
+def write_item(client, write: _Write, max_attempts: int, backoff_base_secs: float, backoff_max_secs: float):
+    """One conditional UpdateItem, retried (exponential backoff, full jitter) on throttling
+    and connection errors. A failed condition is a success (a repeat). Thread-safe; it
+    touches no Beam metric (metrics are thread-local: the caller counts the outcome)."""
+    request = write.request()
+    for attempt in range(max_attempts):
+        try:
+            client.update_item(**request)
+            return _Outcome(attempt, False)
+        except ClientError as error:
+            code = error.response.get("Error", {}).get("Code", "")
+            if code == REPEAT:
+                return _Outcome(attempt, True)
+            if code not in TRANSIENT:
+                raise DynamoDBWriteError(
+                    f"UpdateItem failed for {write.describe()}: {code}: {error}"
+                ) from error
+            last_error = f"{code}: {error}"
+        except CONNECTION_ERRORS as error:
+            last_error = f"{type(error).__name__}: {error}"
+        if attempt + 1 < max_attempts:
+            time.sleep(random.uniform(0, min(backoff_max_secs, backoff_base_secs * 2**attempt)))
+    raise DynamoDBWriteError(
+        f"UpdateItem failed for {write.describe()} after {max_attempts} attempts: {last_error}"
+    )
+
+
+def default_client(region: str, endpoint_url: str | None):
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"mode": "adaptive", "max_attempts": 10}, max_pool_connections=WRITE_WORKERS * 2)
+    return boto3.client("dynamodb", region_name=region, endpoint_url=endpoint_url, config=config)
+
+
+class _WriteCounterUpdatesFn(beam.DoFn):
+    """Writes one CounterUpdate: its level and transition items in parallel, then, only
+    when all of them succeeded, its checkpoint. Yields the CounterUpdate once written.
+
+    Why effectively once: every item holds an absolute value and the asOf of the update
+    instant it belongs to, and is written with an UpdateItem conditioned on
+    "attribute_not_exists(asOf) OR asOf < :as_of". Writing a value twice (retried bundle,
+    retried request whose response was lost, replay after a restart) fails the condition
+    the second time and changes nothing; an older update processed after a newer one
+    (out of order) fails it too, so no value moves back in time. A failed condition
+    means "this value or a newer one is there": success, counted as
+    dynamodb_rejected_repeats. Any other failure, after bounded retries, raises: the
+    runner retries the bundle, which is safe for the same reason.
+
+    Why the checkpoint is last: a restarted pipeline resumes from the stored checkpoint
+    and never re-emits the updates before it, so a checkpoint at T may only be stored
+    once every item of update T is. The checkpoint write has the same condition, so an
+    older checkpoint never replaces a newer one. Limit: the items of EARLIER updates
+    are not re-checked; if one of them is still failing (out-of-order processing) when
+    checkpoint T is stored and the pipeline is then restarted, that older value is not
+    rewritten unless its key changes again.
+    """
+
+    def __init__(
+        self,
+        client_factory: Callable,
+        level_table: str,
+        transitions_table: str,
+        progress_table: str,
+        pipeline_name: str,
+        max_attempts: int,
+        backoff_base_secs: float,
+        backoff_max_secs: float,
+    ):
+        self._client_factory = client_factory
+        self._level_table = level_table
+        self._transitions_table = transitions_table
+        self._progress_table = progress_table
+        self._pipeline_name = pipeline_name
+        self._max_attempts = max_attempts
+        self._backoff_base_secs = backoff_base_secs
+        self._backoff_max_secs = backoff_max_secs
+        self._client = None
+        self._pool = None
+        self._writes = metrics.counter("dynamodb_writes")
+        self._retries = metrics.counter("dynamodb_retries")
+        self._repeats = metrics.counter("dynamodb_rejected_repeats")
+        self._checkpoints = metrics.counter("dynamodb_checkpoints")
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_client"] = state["_pool"] = None
+        return state
+
+    def setup(self):
+        self._client = self._client_factory()
+        self._pool = ThreadPoolExecutor(max_workers=WRITE_WORKERS, thread_name_prefix="dynamodb-write")
+
+    def teardown(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def process(self, update: CounterUpdate):
+        writes = [level_write(self._level_table, k, n, update.as_of_ms) for k, n in update.levels]
+        writes += [
+            transition_write(self._transitions_table, k, n, update.as_of_ms)
+            for k, n in update.transition_totals
+        ]
+        futures = [self._pool.submit(self._write, w) for w in writes]
+        errors = []
+        for future in futures:  # wait for all, so none is still in flight when we raise
+            try:
+                self._count(future.result())
+            except Exception as error:  # noqa: BLE001 - re-raised below, after all are done
+                errors.append(error)
+        if errors:
+            for error in errors[1:]:
+                _LOG.error("%s", error)
+            raise errors[0]
+        if update.checkpoint is not None:
+            self._count(
+                self._write(checkpoint_write(self._progress_table, self._pipeline_name, update.checkpoint))
+            )
+            self._checkpoints.inc()
+        yield update
+
+    def _write(self, write: _Write) -> _Outcome:
+        return write_item(
+            self._client, write, self._max_attempts, self._backoff_base_secs, self._backoff_max_secs
+        )
+
+    def _count(self, outcome: _Outcome):
+        self._retries.inc(outcome.retries)
+        if outcome.repeat:
+            self._repeats.inc()
+        else:
+            self._writes.inc()
+
+
+class _DefaultClientFactory:
+    def __init__(self, region: str, endpoint_url: str | None):
+        self._region = region
+        self._endpoint_url = endpoint_url
+
+    def __call__(self):
+        return default_client(self._region, self._endpoint_url)
+
+
+class WriteCounterUpdates(beam.PTransform):
+    """CounterUpdates -> DynamoDB. Returns the CounterUpdates, each once it is written."""
+
+    def __init__(
+        self,
+        region,
+        endpoint_url=None,
+        level_table="level-state",
+        transitions_table="transitions",
+        progress_table="level-analytics-progress",
+        pipeline_name="level-analytics",
+        client_factory=None,
+        max_attempts=8,
+        backoff_base_secs=0.1,
+        backoff_max_secs=5.0,
+    ):
+        super().__init__()
+        self._fn = _WriteCounterUpdatesFn(
+            client_factory or _DefaultClientFactory(region, endpoint_url),
+            level_table,
+            transitions_table,
+            progress_table,
+            pipeline_name,
+            max_attempts,
+            backoff_base_secs,
+            backoff_max_secs,
+        )
+
+    def expand(self, counter_updates):
+        return counter_updates | "WriteDynamoDBItems" >> beam.ParDo(self._fn)
+
+
+def create_tables(client, level_table, transitions_table, progress_table, wait_secs: float = 60.0):
+    """Creates the missing tables (on demand billing) and waits until all are ACTIVE.
+    Existing tables are left alone."""
+    keys = ((level_table, "levelId"), (transitions_table, "transitionLevels"), (progress_table, "pipeline"))
+    for table, key in keys:
+        try:
+            client.describe_table(TableName=table)
+            continue
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+                raise
+        try:
+            client.create_table(
+                TableName=table,
+                AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}],
+                KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
+                BillingMode="PAY_PER_REQUEST",
+            )
+            _LOG.info("created DynamoDB table %s", table)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "ResourceInUseException":  # created meanwhile
+                raise
+    waiter = client.get_waiter("table_exists")
+    for table, _ in keys:
+        waiter.wait(TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": max(1, int(wait_secs))})
+
+
+def _counts_of(attribute) -> tuple[tuple[str, int], ...]:
+    if attribute is None:
+        return ()
+    if "S" in attribute:
+        counts = json.loads(attribute["S"])
+    else:  # a DynamoDB map, should someone store one
+        counts = {k: v["N"] for k, v in attribute["M"].items()}
+    return tuple(sorted((k, int(n)) for k, n in counts.items()))
+
+
+def read_checkpoint(client, progress_table, pipeline_name="level-analytics") -> Checkpoint | None:
+    """The stored checkpoint, or None when there is none."""
+    item = client.get_item(
+        TableName=progress_table, Key={"pipeline": {"S": pipeline_name}}, ConsistentRead=True
+    ).get("Item")
+    if not item or "asOf" not in item:
+        return None
+    return Checkpoint(
+        int(item["asOf"]["N"]), _counts_of(item.get("levels")), _counts_of(item.get("transitionTotals"))
+    )
