@@ -5,16 +5,19 @@ python -m pipeline.main --input 'events/*.tsv' --snapshot_path out/
 
 import logging
 import sys
+import time
 from typing import NamedTuple
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, S3Options, StandardOptions
 
 from pipeline.ledger import Checkpoint
 from pipeline.options import LevelAnalyticsOptions, unknown_flags
+from pipeline.run_status import STATUS_OBJECT, counter_totals, run_status, status_bytes
 from pipeline.sinks.dead_letters import WriteDeadLetters
 from pipeline.sinks.dynamodb import WriteCounterUpdates, create_tables, default_client, read_checkpoint
-from pipeline.sinks.snapshots import WriteSnapshots
+from pipeline.sinks.snapshots import WriteSnapshots, join_path, write_object
 from pipeline.snapshots import iso_utc
 from pipeline.sources.files import ReadEnrichedFiles
 from pipeline.sources.kinesis import ReadKinesisRecords
@@ -43,6 +46,7 @@ def build_pipeline(
     `resume_from` is the committed checkpoint a restarted pipeline continues from."""
     opts = options.view_as(LevelAnalyticsOptions)
     source_dead_letters = []
+    frontiers = None  # a segment run's FRONTIER: only what comes before it is final
     if records is None and opts.stream_name:
         read = pipeline | "ReadKinesis" >> ReadKinesisRecords(
             opts.stream_name,
@@ -53,10 +57,13 @@ def build_pipeline(
             idle_shard_secs=opts.idle_shard_secs,
             max_records=opts.max_records,
             stop_when_idle_secs=opts.stop_when_idle_secs,
+            stop_when_caught_up=opts.stop_when_caught_up,
             event_time_field=opts.event_time_field,
         )
         records = read[ReadKinesisRecords.RECORDS]
         source_dead_letters.append(read[ReadKinesisRecords.LATE])
+        if opts.stop_when_caught_up:
+            frontiers = read[ReadKinesisRecords.FRONTIER]
     elif records is None:
         records = pipeline | "ReadInput" >> ReadEnrichedFiles(opts.input)
     parsed = records | "ParseEvents" >> ParseEnrichedEvents(opts.event_time_field)
@@ -67,6 +74,11 @@ def build_pipeline(
     interval_sums = transitions | "CountPerInterval" >> CountPerInterval(opts.update_secs)
     ledger = interval_sums | "KeepLedger" >> KeepLedger(opts.update_secs, opts.window_secs, resume_from)
     snapshots = ledger[KeepLedger.SNAPSHOTS]
+    counter_updates = ledger[KeepLedger.UPDATES]
+    if frontiers is not None:
+        final = beam.pvalue.AsList(frontiers)
+        snapshots = snapshots | "FinalSnapshots" >> beam.Filter(snapshot_is_final, final)
+        counter_updates = counter_updates | "FinalUpdates" >> beam.Filter(update_is_final, final)
     dead_letters = (
         parsed[ParseEnrichedEvents.DEAD_LETTERS],
         tracked[TrackPlayerLevels.LATE],
@@ -76,7 +88,7 @@ def build_pipeline(
     if opts.snapshot_path:
         snapshots | "WriteSnapshots" >> WriteSnapshots(opts.snapshot_path, opts.window_secs)
     if opts.write_dynamodb:
-        ledger[KeepLedger.UPDATES] | "WriteDynamoDB" >> WriteCounterUpdates(
+        counter_updates | "WriteDynamoDB" >> WriteCounterUpdates(
             opts.aws_region,
             endpoint_url=opts.aws_endpoint_url,
             level_table=opts.level_table,
@@ -84,8 +96,21 @@ def build_pipeline(
             progress_table=opts.progress_table,
         )
     if opts.dead_letter_path:
-        dead_letters | "WriteDeadLetters" >> WriteDeadLetters(opts.dead_letter_path, opts.window_secs)
-    return PipelineOutputs(transitions, interval_sums, snapshots, ledger[KeepLedger.UPDATES], dead_letters)
+        dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
+            opts.dead_letter_path,
+            opts.window_secs,
+            after_ms=None if resume_from is None else resume_from.as_of_ms,
+            final_before=frontiers,
+        )
+    return PipelineOutputs(transitions, interval_sums, snapshots, counter_updates, dead_letters)
+
+
+def snapshot_is_final(snapshot, frontiers) -> bool:
+    return bool(frontiers) and snapshot.window_end_ms <= min(frontiers)
+
+
+def update_is_final(update, frontiers) -> bool:
+    return bool(frontiers) and update.as_of_ms <= min(frontiers)
 
 
 def parse_options(argv) -> PipelineOptions:
@@ -97,6 +122,12 @@ def parse_options(argv) -> PipelineOptions:
     errors = options.view_as(LevelAnalyticsOptions).validation_errors()
     if errors:
         sys.exit("error: " + "\n       ".join(errors))
+    opts = options.view_as(LevelAnalyticsOptions)
+    s3 = options.view_as(S3Options)
+    if opts.aws_endpoint_url and not s3.s3_endpoint_url:
+        s3.s3_endpoint_url = opts.aws_endpoint_url  # snapshots and dead letters on s3:// too
+    if not s3.s3_region_name:
+        s3.s3_region_name = opts.aws_region
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = DEFAULT_RUNNER
@@ -129,9 +160,35 @@ def run(argv=None):
     if "-h" in argv or "--help" in argv:
         LevelAnalyticsOptions(["--help"])  # argparse prints every flag with its default
     options = parse_options(argv)
+    FileSystems.set_options(options)  # this process writes to s3:// too (the status object)
     resume_from = prepare_restart(options)
-    with beam.Pipeline(options=options) as pipeline:
-        build_pipeline(pipeline, options, resume_from=resume_from)
+    started_ms = int(time.time() * 1000)
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, options, resume_from=resume_from)
+    result = pipeline.run()
+    result.wait_until_finish()
+    publish_run_status(options, result, started_ms)
+    return result
+
+
+def publish_run_status(options: PipelineOptions, result, started_ms: int):
+    """pipeline_status.json beside the snapshots, and one summary line on stderr."""
+    opts = options.view_as(LevelAnalyticsOptions)
+    committed = None
+    if opts.write_dynamodb:
+        checkpoint = read_checkpoint(
+            default_client(opts.aws_region, opts.aws_endpoint_url), opts.progress_table
+        )
+        committed = None if checkpoint is None else checkpoint.as_of_ms
+    status = run_status(counter_totals(result), started_ms, int(time.time() * 1000), committed)
+    if opts.snapshot_path:
+        write_object(join_path(opts.snapshot_path, STATUS_OBJECT), status_bytes(status))
+    print(
+        f"read {status['records_read']} records, {status['transitions']} transitions, "
+        f"{sum(status['dead_letters'].values())} dead letters, {status['dynamodb_writes']} DynamoDB writes"
+        + ("" if committed is None else f"; committed up to {status['committed_until']}"),
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -9,9 +9,12 @@ import sys
 import pytest
 from reference_model import model_snapshots, snapshot_as_files
 
+from pipeline.events import BadLine, DeadLetter, parse_enriched_line
 from pipeline.main import run
+from pipeline.run_status import STATUS_OBJECT
 from pipeline.simulate import SimulationSettings, simulate, write_lines
-from pipeline.snapshots import iso_utc, update_id
+from pipeline.snapshots import iso_utc, update_id, window_start
+from pipeline.transforms.parse import line_event_time_ms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,15 +74,41 @@ def test_generated_stream_matches_model_window_by_window(
     assert all(d["position"].endswith(tuple(f":{n}" for n in range(1, len(stream.lines) + 1))) for d in dead)
 
 
+def dead_letters_of(lines):
+    """What the parser rejects, dated by the line's event time when it has one."""
+    letters = []
+    for line in lines:
+        try:
+            parse_enriched_line(line)
+        except BadLine as bad:
+            letters.append(
+                DeadLetter(bad.reason, bad.detail, "", "", line_event_time_ms(line, "collector_tstamp"))
+            )
+    return letters
+
+
 def test_rerun_writes_byte_identical_objects(tmp_path):
     stream = simulate(SimulationSettings(seed=3, players=40, duration_secs=600))
     write_lines(str(tmp_path / "events.tsv"), stream.lines)
     contents = []
     for attempt in ("one", "two"):
-        out = tmp_path / attempt
-        run([f"--input={tmp_path}/events.tsv", f"--snapshot_path={out}"])
-        contents.append({p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.json")})
+        out, bad = tmp_path / attempt, tmp_path / f"bad-{attempt}"
+        run([f"--input={tmp_path}/events.tsv", f"--snapshot_path={out}", f"--dead_letter_path={bad}"])
+        objects = {
+            p.relative_to(tmp_path).as_posix().split("/", 1)[1]: p.read_bytes() for p in out.rglob("*.json")
+        }
+        status = json.loads(objects.pop(STATUS_OBJECT))  # about the run itself: its times differ
+        assert status["records_read"] == len(stream.lines)
+        objects.update({f"bad/{p.name}": p.read_bytes() for p in bad.rglob("*.jsonl")})
+        contents.append(objects)
     assert contents[0] == contents[1] and len(contents[0]) > 4
+    # Dead letters: one object per window, named by the window's end.
+    assert {name for name in contents[0] if name.startswith("bad/")} == {
+        f"bad/{iso_utc(window_start(d.event_time_ms, 60_000) + 60_000)}.jsonl"
+        if d.event_time_ms
+        else "bad/undated.jsonl"
+        for d in dead_letters_of(stream.lines)
+    }
 
 
 def test_cli_help_lists_every_flag_with_default():

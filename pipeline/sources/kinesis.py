@@ -49,6 +49,16 @@ a usable event time (not UTF-8, wrong field count, bad timestamp) is timestamped
 ApproximateArrivalTimestamp (raised to the watermark if behind it); the parser
 dead-letters it with the true reason.
 
+Stopping
+--------
+`stop_when_idle_secs`: once every shard is caught up and silent that long (tests,
+backfills); the watermark then goes to +infinity, so everything is final.
+`stop_when_caught_up`: as soon as every shard has been read to its tip once, i.e. all
+that was in the stream when the run started. The reader then emits FRONTIER, the
+watermark it had reached: only what comes before it is final. A run of this kind is
+one segment of a live pipeline on a runner without live watermarks (see
+pipeline/main.py); the next segment resumes from the committed checkpoint.
+
 Not handled: KPL-aggregated records are emitted as they are (not de-aggregated).
 """
 
@@ -70,15 +80,11 @@ from apache_beam.utils.timestamp import Timestamp
 from pipeline import metrics
 from pipeline.events import (
     DEFAULT_EVENT_TIME_FIELD,
-    FIELD_NAMES,
     LATE,
-    BadLine,
     DeadLetter,
-    decode_line,
-    event_time_ms,
     printable,
 )
-from pipeline.transforms.parse import EnrichedRecord
+from pipeline.transforms.parse import EnrichedRecord, line_event_time_ms
 
 _LOG = logging.getLogger(__name__)
 
@@ -89,6 +95,7 @@ AFTER_SEQUENCE_NUMBER = "AFTER_SEQUENCE_NUMBER"
 
 MIN_POLL_INTERVAL_SECS = 0.2  # Kinesis allows 5 GetRecords calls per second per shard
 MAX_RECORDS_LIMIT = 10000  # GetRecords' own maximum
+MIN_FRONTIER_MS = -(2**62)  # a reader that read nothing makes nothing final
 MAX_BACKOFF_SECS = 5.0
 CHILD_LISTING_INTERVAL_SECS = 1.0  # how often to look for the children of an ended shard
 
@@ -183,6 +190,7 @@ class ShardCursor(NamedTuple):
     position: str  # TRIM_HORIZON, AT_TIMESTAMP:<ms> or AFTER_SEQUENCE_NUMBER:<seq>
     max_event_ms: int | None = None  # latest event time claimed in this shard
     quiet_since_ms: int | None = None  # wall clock since when caught up and silent
+    reached_tip: bool = False  # read up to the shard's tip at least once (stop_when_caught_up)
 
 
 class KinesisRestriction(NamedTuple):
@@ -204,6 +212,12 @@ class CaughtUpClaim(NamedTuple):
 
     shard_id: str
     now_ms: int
+
+
+class TipClaim(NamedTuple):
+    """A GetRecords that returned the last records of the shard (not empty, not full)."""
+
+    shard_id: str
 
 
 class ShardEndClaim(NamedTuple):
@@ -271,8 +285,12 @@ class KinesisShardsTracker(RestrictionTracker):
                 position=after(claim.sequence_number), max_event_ms=max_event, quiet_since_ms=None
             )
         elif isinstance(claim, CaughtUpClaim):
-            if cursor.quiet_since_ms is None:
-                cursors[index] = cursor._replace(quiet_since_ms=claim.now_ms)
+            cursors[index] = cursor._replace(
+                quiet_since_ms=claim.now_ms if cursor.quiet_since_ms is None else cursor.quiet_since_ms,
+                reached_tip=True,
+            )
+        elif isinstance(claim, TipClaim):
+            cursors[index] = cursor._replace(reached_tip=True)
         elif isinstance(claim, ShardEndClaim):
             known = {c.shard_id for c in cursors}
             cursors[index : index + 1] = [c for c in claim.children if c.shard_id not in known]
@@ -295,17 +313,6 @@ class _KinesisRestrictionProvider(RestrictionProvider):
 
 
 # --- Rules -----------------------------------------------------------------------------
-
-
-def record_event_time_ms(data, event_time_field: str) -> int | None:
-    """The event time of a record's enriched line, or None when it has none usable."""
-    try:
-        fields = decode_line(data).split("\t")
-        if len(fields) != len(FIELD_NAMES):
-            return None
-        return event_time_ms(fields, event_time_field)
-    except BadLine:
-        return None
 
 
 def place_record(event_ms, arrival_ms: int, watermark_ms) -> tuple:
@@ -340,6 +347,14 @@ def restriction_watermark_ms(restriction, now_ms, out_of_orderness_ms, idle_ms):
     if not marks or any(mark is None for mark in marks):
         return None
     return min(marks)
+
+
+def frontier_ms(restriction, now_ms, out_of_orderness_ms, idle_ms) -> int | None:
+    """Where a reader that stops now may let the outputs be final: the watermark over
+    the shards it has read something from (or that are idle); None when none has."""
+    marks = [shard_watermark_ms(c, now_ms, out_of_orderness_ms, idle_ms) for c in restriction.cursors]
+    marks = [mark for mark in marks if mark is not None]
+    return min(marks) if marks else None
 
 
 def all_idle(restriction, now_ms, idle_ms) -> bool:
@@ -453,6 +468,16 @@ class _ReadShardsFn(beam.DoFn):
         if mark is not None and (current is None or Timestamp(micros=mark * 1000) > current):
             watermark.set_watermark(Timestamp(micros=mark * 1000))
         stop_ms = self._s["stop_when_idle_ms"]
+        if self._s["stop_when_caught_up"] and all(c.reached_tip for c in restriction.cursors):
+            final = frontier_ms(restriction, now_ms, self._s["out_of_orderness_ms"], self._s["idle_shard_ms"])
+            _LOG.info(
+                "caught up with shards %s; final up to %s", [c.shard_id for c in restriction.cursors], final
+            )
+            yield pvalue.TaggedOutput(
+                ReadKinesisRecords.FRONTIER, MIN_FRONTIER_MS if final is None else final
+            )
+            tracker.try_claim(StopClaim())
+            return
         if not restriction.cursors or (stop_ms is not None and all_idle(restriction, now_ms, stop_ms)):
             tracker.try_claim(StopClaim())  # finished: this restriction's watermark goes to +inf
             return
@@ -495,7 +520,7 @@ class _ReadShardsFn(beam.DoFn):
             if last is not None and int(sequence) <= last:
                 continue  # already claimed: never emit twice
             data = record["Data"]
-            event_ms = record_event_time_ms(data, self._s["event_time_field"])
+            event_ms = line_event_time_ms(data, self._s["event_time_field"])
             if not tracker.try_claim(RecordClaim(shard_id, sequence, event_ms)):
                 return False
             position, last = after(sequence), int(sequence)
@@ -506,8 +531,12 @@ class _ReadShardsFn(beam.DoFn):
             self._iterators.pop(shard_id, None)
             return self._adopt_children(root, shard_id, tracker)
         self._iterators[shard_id] = (position, next_iterator)
-        if not response.get("Records") and response.get("MillisBehindLatest", 0) == 0:
+        records = response.get("Records", [])
+        at_tip = response.get("MillisBehindLatest", 0) == 0
+        if not records and at_tip:
             return tracker.try_claim(CaughtUpClaim(shard_id, _now_ms()))
+        if at_tip and len(records) < self._s["max_records"] and not cursor.reached_tip:
+            return tracker.try_claim(TipClaim(shard_id))
         return True
 
     def _output(self, shard_id, sequence, data, event_ms, record, current_watermark):
@@ -583,6 +612,7 @@ class ReadKinesisRecords(beam.PTransform):
 
     RECORDS = "records"
     LATE = "late"
+    FRONTIER = "frontier"  # stop_when_caught_up: per reader, the event time its outputs are final before
 
     def __init__(
         self,
@@ -594,6 +624,7 @@ class ReadKinesisRecords(beam.PTransform):
         idle_shard_secs=30,
         max_records=1000,
         stop_when_idle_secs=None,
+        stop_when_caught_up=False,
         event_time_field=DEFAULT_EVENT_TIME_FIELD,
         poll_interval_secs=0.2,
         client_factory=None,
@@ -608,6 +639,7 @@ class ReadKinesisRecords(beam.PTransform):
             "idle_shard_ms": int(idle_shard_secs * 1000),
             "max_records": max(1, min(MAX_RECORDS_LIMIT, int(max_records))),
             "stop_when_idle_ms": None if stop_when_idle_secs is None else int(stop_when_idle_secs * 1000),
+            "stop_when_caught_up": bool(stop_when_caught_up),
             "event_time_field": event_time_field,
             "poll_interval_secs": max(MIN_POLL_INTERVAL_SECS, float(poll_interval_secs)),
         }
@@ -621,5 +653,5 @@ class ReadKinesisRecords(beam.PTransform):
             | "ReadShards"
             >> beam.ParDo(
                 _ReadShardsFn(self._stream_name, self._client_factory, self._settings)
-            ).with_outputs(self.LATE, main=self.RECORDS)
+            ).with_outputs(self.LATE, self.FRONTIER, main=self.RECORDS)
         )

@@ -10,8 +10,11 @@ from apache_beam.utils.timestamp import Timestamp
 from pipeline import metrics
 from pipeline.events import (
     DEFAULT_EVENT_TIME_FIELD,
+    FIELD_NAMES,
     BadLine,
     DeadLetter,
+    decode_line,
+    event_time_ms,
     parse_enriched_line,
     printable,
 )
@@ -22,6 +25,17 @@ class EnrichedRecord(NamedTuple):
 
     position: str
     data: bytes | str
+
+
+def line_event_time_ms(data, event_time_field: str) -> int | None:
+    """The event time of an enriched line, or None when it has none usable."""
+    try:
+        fields = decode_line(data).split("\t")
+        if len(fields) != len(FIELD_NAMES):
+            return None
+        return event_time_ms(fields, event_time_field)
+    except BadLine:
+        return None
 
 
 class _ParseLineFn(beam.DoFn):
@@ -40,9 +54,12 @@ class _ParseLineFn(beam.DoFn):
             observations = parse_enriched_line(record.data, self._event_time_field)
         except BadLine as bad:
             self._bad_counter(bad.reason).inc()
+            # Dated by the line's own event time when it has a readable one, so the
+            # dead letters of a window are the bad lines of that window.
+            time_ms = line_event_time_ms(record.data, self._event_time_field)
             yield pvalue.TaggedOutput(
                 ParseEnrichedEvents.DEAD_LETTERS,
-                DeadLetter(bad.reason, bad.detail, record.position, printable(record.data)),
+                DeadLetter(bad.reason, bad.detail, record.position, printable(record.data), time_ms),
             )
             return
         if not observations:
