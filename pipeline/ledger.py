@@ -41,6 +41,7 @@ class CounterUpdate(NamedTuple):
     levels: tuple[tuple[str, int], ...]  # players(L, as_of); 0 when the level emptied
     transition_totals: tuple[tuple[str, int], ...]  # transitions before as_of, since the first run
     checkpoint: Checkpoint | None = None  # at window ends, written after the values
+    snapshot: Snapshot | None = None  # at window ends: its window's, published before the checkpoint
 
 
 class Ledger(NamedTuple):
@@ -104,16 +105,15 @@ def advance_ledger(
                 totals[s.key] = changed_totals[s.key]
                 in_window[s.key] = in_window.get(s.key, 0) + s.total
         is_window_end = instant % window_ms == 0
-        checkpoint = None
+        checkpoint = snapshot = None
         if is_window_end:
-            snapshots.append(
-                Snapshot(
-                    instant - window_ms,
-                    instant,
-                    tuple(sorted((k, n) for k, n in levels.items() if n > 0)),
-                    tuple(sorted((k, n) for k, n in in_window.items() if n > 0)),
-                )
+            snapshot = Snapshot(
+                instant - window_ms,
+                instant,
+                tuple(sorted((k, n) for k, n in levels.items() if n > 0)),
+                tuple(sorted((k, n) for k, n in in_window.items() if n > 0)),
             )
+            snapshots.append(snapshot)
             in_window = {}
             checkpoint = Checkpoint(instant, tuple(sorted(levels.items())), tuple(sorted(totals.items())))
         if changed_levels or changed_totals or checkpoint:
@@ -123,6 +123,7 @@ def advance_ledger(
                     tuple(sorted(changed_levels.items())),
                     tuple(sorted(changed_totals.items())),
                     checkpoint,
+                    snapshot,
                 )
             )
         instant += update_ms
@@ -136,12 +137,20 @@ def advance_ledger(
 
 
 def next_wake_ms(ledger: Ledger, pending: Iterable[IntervalSum], window_ms: int) -> int | None:
-    """The next instant at which closing changes anything: the earliest pending sum's,
-    or the next window end while active (a snapshot is due even if nothing changes);
-    None when quiet and idle. The instants between are closed then too."""
-    candidates = [s.interval_end_ms for s in pending]
-    if ledger.next_instant_ms is not None and ledger.is_active():
-        candidates.append(-(-ledger.next_instant_ms // window_ms) * window_ms)
-    if candidates and ledger.next_instant_ms is not None:
-        return max(min(candidates), ledger.next_instant_ms)
-    return min(candidates) if candidates else None
+    """The instant at which to close next: the latest pending sum's, or with nothing
+    pending the next window end while active (a snapshot is due even if nothing
+    changes); None when quiet and idle.
+
+    The instants before it close then too, in order (closing in one step or several
+    gives the same), so a bounded input, whose sums all arrive before the watermark
+    moves, is closed in one step instead of one per update instant. In a stream,
+    sums arrive once the watermark has passed their instant, so this is no later.
+    Waking earlier is never wrong either: what is not due yet stays pending."""
+    ends = [s.interval_end_ms for s in pending]
+    if ends:
+        wake_ms = max(ends)
+    elif ledger.next_instant_ms is not None and ledger.is_active():
+        wake_ms = -(-ledger.next_instant_ms // window_ms) * window_ms
+    else:
+        return None
+    return wake_ms if ledger.next_instant_ms is None else max(wake_ms, ledger.next_instant_ms)

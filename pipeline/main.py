@@ -85,15 +85,17 @@ def build_pipeline(
         *source_dead_letters,
     ) | "AllDeadLetters" >> beam.Flatten()
 
-    if opts.snapshot_path:
+    if opts.snapshot_path and not opts.write_dynamodb:
         snapshots | "WriteSnapshots" >> WriteSnapshots(opts.snapshot_path, opts.window_secs)
-    if opts.write_dynamodb:
+    if opts.write_dynamodb:  # publishes the snapshots too, each before its checkpoint
         counter_updates | "WriteDynamoDB" >> WriteCounterUpdates(
             opts.aws_region,
             endpoint_url=opts.aws_endpoint_url,
             level_table=opts.level_table,
             transitions_table=opts.transitions_table,
             progress_table=opts.progress_table,
+            snapshot_path=opts.snapshot_path,
+            window_secs=opts.window_secs,
         )
     if opts.dead_letter_path:
         dead_letters | "WriteDeadLetters" >> WriteDeadLetters(

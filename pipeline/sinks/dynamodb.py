@@ -22,6 +22,7 @@ from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
 from pipeline import metrics
 from pipeline.ledger import Checkpoint, CounterUpdate
+from pipeline.sinks.snapshots import publish_snapshot
 from pipeline.snapshots import iso_utc
 
 _LOG = logging.getLogger(__name__)
@@ -170,8 +171,12 @@ class _WriteCounterUpdatesFn(beam.DoFn):
         max_attempts: int,
         backoff_base_secs: float,
         backoff_max_secs: float,
+        snapshot_path: str | None = None,
+        window_secs: int = 60,
     ):
         self._client_factory = client_factory
+        self._snapshot_path = snapshot_path
+        self._window_secs = window_secs
         self._level_table = level_table
         self._transitions_table = transitions_table
         self._progress_table = progress_table
@@ -185,6 +190,7 @@ class _WriteCounterUpdatesFn(beam.DoFn):
         self._retries = metrics.counter("dynamodb_retries")
         self._repeats = metrics.counter("dynamodb_rejected_repeats")
         self._checkpoints = metrics.counter("dynamodb_checkpoints")
+        self._snapshot_puts = metrics.counter("snapshot_objects_written")
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -217,6 +223,9 @@ class _WriteCounterUpdatesFn(beam.DoFn):
             for error in errors[1:]:
                 _LOG.error("%s", error)
             raise errors[0]
+        if update.snapshot is not None and self._snapshot_path:
+            # Published before the checkpoint: a restart never re-emits a window it covers.
+            self._snapshot_puts.inc(publish_snapshot(self._snapshot_path, self._window_secs, update.snapshot))
         if update.checkpoint is not None:
             self._count(
                 self._write(checkpoint_write(self._progress_table, self._pipeline_name, update.checkpoint))
@@ -247,7 +256,9 @@ class _DefaultClientFactory:
 
 
 class WriteCounterUpdates(beam.PTransform):
-    """CounterUpdates -> DynamoDB. Returns the CounterUpdates, each once it is written."""
+    """CounterUpdates -> DynamoDB. Returns the CounterUpdates, each once it is written.
+    With `snapshot_path`, a window end's update also publishes that window's snapshot,
+    before its checkpoint."""
 
     def __init__(
         self,
@@ -261,6 +272,8 @@ class WriteCounterUpdates(beam.PTransform):
         max_attempts=8,
         backoff_base_secs=0.1,
         backoff_max_secs=5.0,
+        snapshot_path=None,
+        window_secs=60,
     ):
         super().__init__()
         self._fn = _WriteCounterUpdatesFn(
@@ -272,6 +285,8 @@ class WriteCounterUpdates(beam.PTransform):
             max_attempts,
             backoff_base_secs,
             backoff_max_secs,
+            snapshot_path,
+            window_secs,
         )
 
     def expand(self, counter_updates):

@@ -42,47 +42,48 @@ def read_object(path: str):
         return handle.read()
 
 
-class _WriteSnapshotFn(beam.DoFn):
-    """Writes the four objects of a snapshot.
+def publish_snapshot(snapshot_path: str, window_secs: int, snapshot) -> int:
+    """Writes the objects of one snapshot; returns how many were put.
 
     A retry is harmless: every object's bytes are a function of the window alone
     (deterministic JSON, update_id derived from the window), so rewriting one writes
     the same bytes. The "latest" objects are only replaced by a window that is not
     older, so a replayed old window never moves them back in time.
     """
+    levels_history, transitions_history = history_names(snapshot.window_end_ms)
+    puts = [
+        (levels_history, level_information(snapshot, window_secs, history=True)),
+        (transitions_history, transition_information(snapshot, window_secs, history=True)),
+    ]
+    if _is_not_older_than_latest(snapshot_path, snapshot.window_end_ms):
+        # The levels object last: readers that poll it see a complete pair.
+        puts.append((TRANSITIONS_LATEST, transition_information(snapshot, window_secs)))
+        puts.append((LEVELS_LATEST, level_information(snapshot, window_secs)))
+    for name, body in puts:
+        write_object(join_path(snapshot_path, name), to_json_bytes(body))
+    return len(puts)
 
+
+def _is_not_older_than_latest(snapshot_path: str, window_end_ms: int) -> bool:
+    current = read_object(join_path(snapshot_path, LEVELS_LATEST))
+    if current is None:
+        return True
+    try:
+        latest_time = json.loads(current)["update_time"]
+    except (ValueError, KeyError):
+        _LOG.warning("unreadable %s; replacing it", LEVELS_LATEST)
+        return True
+    return window_end_ms >= parse_timestamp_ms(latest_time)
+
+
+class _WriteSnapshotFn(beam.DoFn):
     def __init__(self, snapshot_path: str, window_secs: int):
         self._path = snapshot_path
         self._window_secs = window_secs
         self._puts = metrics.counter("snapshot_objects_written")
 
     def process(self, snapshot):
-        levels_history, transitions_history = history_names(snapshot.window_end_ms)
-        self._put(levels_history, to_json_bytes(level_information(snapshot, self._window_secs, history=True)))
-        self._put(
-            transitions_history,
-            to_json_bytes(transition_information(snapshot, self._window_secs, history=True)),
-        )
-        latest_levels = to_json_bytes(level_information(snapshot, self._window_secs))
-        if self._is_not_older_than_latest(snapshot.window_end_ms):
-            self._put(TRANSITIONS_LATEST, to_json_bytes(transition_information(snapshot, self._window_secs)))
-            # Written last: readers that poll it see a complete pair.
-            self._put(LEVELS_LATEST, latest_levels)
-
-    def _is_not_older_than_latest(self, window_end_ms: int) -> bool:
-        current = read_object(join_path(self._path, LEVELS_LATEST))
-        if current is None:
-            return True
-        try:
-            latest_time = json.loads(current)["update_time"]
-        except (ValueError, KeyError):
-            _LOG.warning("unreadable %s; replacing it", LEVELS_LATEST)
-            return True
-        return window_end_ms >= parse_timestamp_ms(latest_time)
-
-    def _put(self, name: str, body: bytes):
-        write_object(join_path(self._path, name), body)
-        self._puts.inc()
+        self._puts.inc(publish_snapshot(self._path, self._window_secs, snapshot))
 
 
 class WriteSnapshots(beam.PTransform):

@@ -1,0 +1,374 @@
+"""The live view: its pure displays on fixed states, and `python -m pipeline.live_view`
+as a subprocess against moto's real server (tables and an S3 bucket) or a directory."""
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+
+import boto3
+import pytest
+from moto_server import REGION, moto_endpoint  # noqa: F401
+
+from pipeline import live_view
+from pipeline.live_view import BAR, LevelItem, ViewState, render_frame, status_line
+from pipeline.sinks.dynamodb import create_tables
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOW_MS = 1_795_363_512_000  # 2026-11-22T16:05:12Z
+COMMITTED_MS = NOW_MS - 12_000  # watermark lag 12 s
+RUN_TIMEOUT_SECS = 30
+
+TRANSITION_INFO = {
+    "update_time": "2026-11-22T16:05:00Z",
+    "update_id": "0f4b1c9e-0000-5000-8000-000000000000",
+    "update_interval_secs": 60,
+    "transitions": [
+        {"from": None, "to": "gems-in-the-deep", "count": 12},
+        {"from": "dungeons-of-kithgard", "to": "gems-in-the-deep", "count": 20},
+        {"from": "kithgard-gates", "to": None, "count": 3},
+    ],
+}
+PIPELINE_STATUS = {
+    "run_started": "2026-11-22T16:00:00Z",
+    "run_finished": "2026-11-22T16:00:10Z",
+    "committed_until": "2026-11-22T16:05:00Z",
+    "records_read": 312,
+    "observations": 300,
+    "transitions": 35,
+    "dead_letters": {"late": 2, "unparseable": 1},
+    "dynamodb_writes": 120,
+    "dynamodb_retries": 4,
+    "dynamodb_rejected_repeats": 0,
+    "s3_puts": 8,
+}
+LEVELS = {"gems-in-the-deep": 17, "dungeons-of-kithgard": 9, "kithgard-gates": 4, "shadow-guard": 2, "old": 0}
+EXPECTED_LINE = (
+    "2026-11-22T16:05:00Z players=32 top=gems-in-the-deep:17,dungeons-of-kithgard:9,kithgard-gates:4,…"
+    " transitions=35 events/s=31.2 lag=12s dead_letters=3 ddb_writes=120 throttles=4"
+)
+
+
+def fixed_state(**changes) -> ViewState:
+    state = ViewState(
+        levels=tuple(LevelItem(level, n, COMMITTED_MS) for level, n in LEVELS.items()),
+        transition_info=TRANSITION_INFO,
+        status=PIPELINE_STATUS,
+        committed_ms=COMMITTED_MS,
+    )
+    return state._replace(**changes)
+
+
+def level_rows(frame: str) -> dict[str, str]:
+    """The frame's level lines, {level: line}, in frame order."""
+    return {line.split()[0]: line for line in frame.splitlines() if BAR in line}
+
+
+# --- pure functions ---------------------------------------------------------------------
+
+
+def test_frame_lists_levels_busiest_first_with_proportional_bars_and_hides_empty_levels():
+    state = fixed_state(
+        levels=(LevelItem("a", 10), LevelItem("b", 0), LevelItem("c", 40), LevelItem("d", 20))
+    )
+
+    frame = render_frame(state, width=80, now_ms=NOW_MS)
+
+    rows = level_rows(frame)
+    assert list(rows) == ["c", "d", "a"]  # busiest first, "b" (0 players) hidden
+    bars = {level: line.count(BAR) for level, line in rows.items()}
+    assert bars["c"] > 40  # the busiest fills the width left after name and count
+    assert all(len(line) <= 80 for line in frame.splitlines())
+    assert bars["d"] == round(bars["c"] / 2)
+    assert bars["a"] == round(bars["c"] / 4)
+    assert "total players: 70" in frame.splitlines()
+
+
+def test_frame_shows_the_top_ten_transitions_with_enter_and_leave():
+    entries = [{"from": f"l{i:02d}", "to": f"l{i + 1:02d}", "count": i} for i in range(1, 13)]
+    entries += [{"from": None, "to": "gems-in-the-deep", "count": 50}, {"from": "a", "to": None, "count": 30}]
+    state = fixed_state(transition_info={**TRANSITION_INFO, "transitions": entries})
+
+    lines = render_frame(state, width=100, now_ms=NOW_MS).splitlines()
+
+    start = lines.index("top transitions, window ending 2026-11-22T16:05:00Z (60 s)")
+    shown = [line.split() for line in lines[start + 1 : start + 11]]
+    assert shown[0] == ["(enter)", "→", "gems-in-the-deep", "50"]
+    assert shown[1] == ["a", "→", "(leave)", "30"]
+    assert [row[-1] for row in shown[2:]] == ["12", "11", "10", "9", "8", "7", "6", "5"]
+    assert lines[start + 11] == ""  # only ten: counts 1 to 4 are left out
+
+
+def test_frame_shows_the_pipeline_status_and_the_lag():
+    frame = render_frame(fixed_state(), width=120, now_ms=NOW_MS)
+
+    assert "events/s 31.2   watermark lag 12s (committed until 2026-11-22T16:05:00Z)" in frame
+    assert "dead letters 3 (late 2, unparseable 1)" in frame
+    assert "dynamodb writes 120   throttles 4   rejected repeats 0   s3 puts 8" in frame
+
+
+def test_frame_cut_to_the_terminal_height():
+    levels = tuple(LevelItem(f"level-{i:02d}", 100 - i) for i in range(40))
+
+    frame = render_frame(fixed_state(levels=levels), width=80, now_ms=NOW_MS, height=30)
+
+    assert len(frame.splitlines()) <= 29
+    assert "more levels" in frame
+    assert list(level_rows(frame))[0] == "level-00"
+
+
+def test_missing_status_and_checkpoint_show_dashes():
+    state = fixed_state(status={"records_read": 5}, committed_ms=None)  # no run times, no counts
+
+    assert status_line(state, NOW_MS) == (
+        "2026-11-22T16:05:00Z players=32 top=gems-in-the-deep:17,dungeons-of-kithgard:9,kithgard-gates:4,…"
+        " transitions=35 events/s=— lag=— dead_letters=— ddb_writes=— throttles=—"
+    )
+    frame = render_frame(state, width=100, now_ms=NOW_MS)
+    assert "events/s —   watermark lag — (committed until —)" in frame
+
+
+def test_status_line_of_a_fixed_state():
+    assert status_line(fixed_state(), NOW_MS) == EXPECTED_LINE
+
+
+def test_lag_formats():
+    assert [live_view.format_duration(ms) for ms in (12_000, 185_000, 7_380_000, 90_000_000, -3_000)] == [
+        "12s",
+        "3m05s",
+        "2h03m",
+        "1d01h",
+        "-3s",
+    ]
+
+
+def test_nothing_published_is_a_waiting_frame_with_its_errors():
+    empty = ViewState(levels=(), transition_info=None, status=None, committed_ms=None, errors=("x: boom",))
+
+    assert status_line(empty, NOW_MS) == "waiting for the pipeline… nothing published yet error=x: boom"
+    frame = render_frame(empty, width=80, now_ms=NOW_MS)
+    assert "waiting for the pipeline… nothing published yet" in frame
+    assert "error: x: boom" in frame
+
+
+# --- against moto's server and a directory ---------------------------------------------
+
+
+def aws_environment() -> dict:
+    # The fixture's dummy credentials; a fixed terminal size for the frames.
+    return {**os.environ, "PYTHONIOENCODING": "utf-8", "COLUMNS": "120", "LINES": "50"}
+
+
+def live_view_command(*flags) -> list[str]:
+    return [sys.executable, "-m", "pipeline.live_view", *flags]
+
+
+def run_live_view(*flags) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        live_view_command(*flags),
+        cwd=REPO,
+        env=aws_environment(),
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=RUN_TIMEOUT_SECS,
+    )
+
+
+def publish_tables(endpoint: str) -> tuple[str, str]:
+    """Fresh level and progress tables (unique names: the moto server is shared) with the fixture."""
+    suffix = uuid.uuid4().hex[:8]
+    level_table, progress_table = f"level-state-{suffix}", f"level-analytics-progress-{suffix}"
+    client = boto3.client("dynamodb", region_name=REGION, endpoint_url=endpoint)
+    create_tables(client, level_table, f"transitions-{suffix}", progress_table)
+    for level, players in LEVELS.items():
+        client.put_item(
+            TableName=level_table,
+            Item={
+                "levelId": {"S": level},
+                "playerCount": {"N": str(players)},
+                "asOf": {"N": str(COMMITTED_MS)},
+                "updatedAt": {"S": "2026-11-22T16:05:00Z"},
+            },
+        )
+    client.put_item(
+        TableName=progress_table,
+        Item={"pipeline": {"S": "level-analytics"}, "asOf": {"N": str(COMMITTED_MS)}, "levels": {"S": "{}"}},
+    )
+    return level_table, progress_table
+
+
+def write_snapshot_dir(root) -> str:
+    (root / "transition_information.json").write_text(json.dumps(TRANSITION_INFO))
+    (root / "pipeline_status.json").write_text(json.dumps(PIPELINE_STATUS))
+    return str(root)
+
+
+def test_no_tty_once_reads_tables_and_s3(moto_endpoint):  # noqa: F811
+    level_table, progress_table = publish_tables(moto_endpoint)
+    bucket = f"snapshots-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client("s3", region_name=REGION, endpoint_url=moto_endpoint)
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="live/transition_information.json", Body=json.dumps(TRANSITION_INFO))
+    s3.put_object(Bucket=bucket, Key="live/pipeline_status.json", Body=json.dumps(PIPELINE_STATUS))
+
+    result = run_live_view(
+        "--no-tty",
+        "--once",
+        f"--now_ms={NOW_MS}",
+        f"--aws_endpoint_url={moto_endpoint}",
+        f"--aws_region={REGION}",
+        f"--level_table={level_table}",
+        f"--progress_table={progress_table}",
+        f"--snapshot_path=s3://{bucket}/live/",
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == EXPECTED_LINE + "\n"
+
+
+def test_tty_once_frame_from_tables_and_a_directory(moto_endpoint, tmp_path):  # noqa: F811
+    level_table, progress_table = publish_tables(moto_endpoint)
+
+    result = run_live_view(
+        "--once",
+        f"--now_ms={NOW_MS}",
+        f"--aws_endpoint_url={moto_endpoint}",
+        f"--level_table={level_table}",
+        f"--progress_table={progress_table}",
+        f"--snapshot_path={write_snapshot_dir(tmp_path)}",
+    )
+
+    assert result.returncode == 0, result.stderr
+    frame = result.stdout
+    assert list(level_rows(frame)) == [
+        "gems-in-the-deep",
+        "dungeons-of-kithgard",
+        "kithgard-gates",
+        "shadow-guard",
+    ]
+    assert "players per level, as of 2026-11-22T16:05:00Z" in frame
+    assert "total players: 32" in frame
+    assert "(enter) → gems-in-the-deep" in frame and "kithgard-gates → (leave)" in frame
+    assert "watermark lag 12s" in frame
+    assert "error" not in frame
+
+
+def test_nothing_published_yet_prints_a_waiting_line(moto_endpoint, tmp_path):  # noqa: F811
+    missing = uuid.uuid4().hex[:8]
+
+    result = run_live_view(
+        "--no-tty",
+        "--once",
+        f"--aws_endpoint_url={moto_endpoint}",
+        f"--level_table=no-such-table-{missing}",
+        f"--progress_table=no-such-progress-{missing}",
+        f"--snapshot_path={tmp_path}",
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "waiting for the pipeline… nothing published yet\n"
+    assert result.stderr == ""
+
+
+def test_tty_mode_clears_the_screen_before_each_frame(moto_endpoint, tmp_path):  # noqa: F811
+    missing = uuid.uuid4().hex[:8]
+
+    result = run_live_view(
+        "--refresh_secs=0.2",
+        "--duration_secs=0.7",
+        f"--aws_endpoint_url={moto_endpoint}",
+        f"--level_table=no-such-table-{missing}",
+        f"--progress_table=no-such-progress-{missing}",
+        f"--snapshot_path={tmp_path}",
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(live_view.CLEAR_SCREEN)
+    frames = result.stdout.split(live_view.CLEAR_SCREEN)[1:]
+    assert len(frames) >= 2  # redrawn every refresh
+    assert all("waiting for the pipeline… nothing published yet" in frame for frame in frames)
+
+
+def test_missing_bucket_is_shown_as_an_error_not_raised(moto_endpoint):  # noqa: F811
+    level_table, progress_table = publish_tables(moto_endpoint)
+
+    result = run_live_view(
+        "--no-tty",
+        "--once",
+        f"--now_ms={NOW_MS}",
+        f"--aws_endpoint_url={moto_endpoint}",
+        f"--level_table={level_table}",
+        f"--progress_table={progress_table}",
+        f"--snapshot_path=s3://no-such-bucket-{uuid.uuid4().hex[:8]}",
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("— players=32 top=gems-in-the-deep:17,")
+    assert "lag=12s" in result.stdout
+    assert "error=s3://no-such-bucket-" in result.stdout and "NoSuchBucket" in result.stdout
+
+
+def test_no_tty_prints_a_line_per_new_window_and_stops_cleanly_on_ctrl_c(moto_endpoint, tmp_path):  # noqa: F811
+    level_table, progress_table = publish_tables(moto_endpoint)
+    snapshot_dir = write_snapshot_dir(tmp_path)
+    process = subprocess.Popen(
+        live_view_command(
+            "--no-tty",
+            "--refresh_secs=0.1",
+            f"--now_ms={NOW_MS}",
+            f"--aws_endpoint_url={moto_endpoint}",
+            f"--level_table={level_table}",
+            f"--progress_table={progress_table}",
+            f"--snapshot_path={snapshot_dir}",
+        ),
+        cwd=REPO,
+        env=aws_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        encoding="utf-8",
+    )
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in process.stdout], daemon=True).start()
+    try:
+        assert lines.get(timeout=RUN_TIMEOUT_SECS) == EXPECTED_LINE + "\n"
+        next_window = {**TRANSITION_INFO, "update_time": "2026-11-22T16:06:00Z", "transitions": []}
+        (tmp_path / "transition_information.json").write_text(json.dumps(next_window))
+        second = lines.get(timeout=RUN_TIMEOUT_SECS)
+        assert second.startswith("2026-11-22T16:06:00Z players=32 ")
+        assert " transitions=0 " in second
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=RUN_TIMEOUT_SECS) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert lines.empty()  # the same window is not printed again on every refresh
+    assert "Traceback" not in process.stderr.read()
+
+
+def test_duration_stops_the_view(tmp_path):
+    result = run_live_view(
+        "--no-tty",
+        "--refresh_secs=0.2",
+        "--duration_secs=0.5",
+        "--aws_endpoint_url=http://127.0.0.1:9",  # nothing listens: shown, not raised
+        f"--snapshot_path={write_snapshot_dir(tmp_path)}",
+    )
+
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.splitlines()
+    assert line.startswith("2026-11-22T16:05:00Z players=— top=— transitions=35 events/s=31.2 lag=— ")
+    assert "error=level-state: EndpointConnectionError" in line
+
+
+@pytest.mark.parametrize("flags", [["--refresh_secs=0"], ["--duration_secs=-1"], ["--no_such_flag"]])
+def test_bad_flags_stop_with_a_usage_error(flags):
+    with pytest.raises(SystemExit) as stopped:
+        live_view.parse_args(flags)
+    assert stopped.value.code == 2
