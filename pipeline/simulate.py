@@ -9,13 +9,16 @@ The simulator keeps its own record of what it meant (`SimulatedStream.observatio
 which the tests feed to their reference model, independently of the parser.
 
     python -m pipeline.simulate --seed 7 --players 300 --minutes 30 --out out/events.tsv
+    python -m pipeline.simulate --players 200 --minutes 60 --live --stream_name enriched-good
 """
 
 import argparse
+import hashlib
 import json
 import os
 import random
 import sys
+import time
 import uuid
 from importlib import resources
 from typing import NamedTuple
@@ -42,6 +45,7 @@ class SimulationSettings(NamedTuple):
     malformed_share: float = 0.01
     max_out_of_orderness_secs: float = 10.0
     multi_context_share: float = 0.01
+    early_share: float = 0.0  # share of players already arriving in the first 30 s (live demos)
 
 
 class SimulatedStream(NamedTuple):
@@ -49,13 +53,15 @@ class SimulatedStream(NamedTuple):
     observations: list[Observation]  # what the simulator meant, one per usable context
     malformed: int
     duplicates: int
+    arrival_ms: list[int] = []  # when each line is sent (event time plus a bounded delay)
+    line_observations: list[tuple] = []  # the observations each line carries (a duplicate: the same)
 
 
 class _Emitter:
     def __init__(self, rng: random.Random, settings: SimulationSettings):
         self.rng = rng
         self.settings = settings
-        self.timed_lines = []  # (event_time_ms, line)
+        self.timed_lines = []  # (event_time_ms, line, observations it carries)
         self.observations = []
         self.malformed = 0
         self.duplicates = 0
@@ -77,17 +83,17 @@ class _Emitter:
         event_id = self.event_id()
         skew_ms = self.rng.randint(-3000, 3000)  # device clocks are wrong; collector's is not
         line = enriched_line(event_id, time_ms, contexts, dvce_created_ms=time_ms + skew_ms)
-        self.timed_lines.append((time_ms, line.encode("utf-8")))
-        for index, (who, where) in enumerate(usable):
-            self.observations.append(Observation(who, where, time_ms, event_id, index))
+        meant = tuple(Observation(who, where, time_ms, event_id, i) for i, (who, where) in enumerate(usable))
+        self.observations.extend(meant)
+        self.timed_lines.append((time_ms, line.encode("utf-8"), meant))
         if self.rng.random() < self.settings.duplicate_share:
-            self.timed_lines.append((time_ms, line.encode("utf-8")))
+            self.timed_lines.append((time_ms, line.encode("utf-8"), meant))
             self.duplicates += 1
         if self.rng.random() < self.settings.other_event_share:
             other = enriched_line(self.event_id(), time_ms + 1, [], event="page_view")
-            self.timed_lines.append((time_ms + 1, other.encode("utf-8")))
+            self.timed_lines.append((time_ms + 1, other.encode("utf-8"), ()))
         if self.rng.random() < self.settings.malformed_share:
-            self.timed_lines.append((time_ms, self.malformed_line(line)))
+            self.timed_lines.append((time_ms, self.malformed_line(line), ()))
             self.malformed += 1
 
     def malformed_line(self, good: str) -> bytes:
@@ -133,15 +139,25 @@ def simulate(settings: SimulationSettings = SimulationSettings()) -> SimulatedSt
     levels = campaign_levels()
     end_ms = settings.start_ms + settings.duration_secs * 1000
     for number in range(settings.players):
-        arrival = settings.start_ms + rng.randrange(int(settings.duration_secs * 1000 * 0.8))
+        if rng.random() < settings.early_share:
+            arrival = settings.start_ms + rng.randrange(30_000)
+        else:
+            arrival = settings.start_ms + rng.randrange(int(settings.duration_secs * 1000 * 0.8))
         _play(emitter, f"player-{number:05d}", levels, arrival, end_ms)
     # Arrival order: event time plus a delay below the out-of-orderness bound, so no
     # record is later than the bound allows.
     bound_ms = settings.max_out_of_orderness_secs * 1000
-    keyed = [(t + rng.random() * bound_ms, i, line) for i, (t, line) in enumerate(emitter.timed_lines)]
-    keyed.sort()
+    keyed = sorted(
+        (int(t + rng.random() * bound_ms), i, line, meant)
+        for i, (t, line, meant) in enumerate(emitter.timed_lines)
+    )
     return SimulatedStream(
-        [line for _, _, line in keyed], emitter.observations, emitter.malformed, emitter.duplicates
+        [line for _, _, line, _ in keyed],
+        emitter.observations,
+        emitter.malformed,
+        emitter.duplicates,
+        [arrival for arrival, _, _, _ in keyed],
+        [meant for _, _, _, meant in keyed],
     )
 
 
@@ -151,36 +167,170 @@ def write_lines(path: str, lines: list[bytes]) -> None:
             handle.write(line + b"\n")
 
 
+# --- To Kinesis ----------------------------------------------------------------------
+
+PUT_RECORDS_MAX_RECORDS = 500  # the service's limits per PutRecords call
+PUT_RECORDS_MAX_BYTES = 5 * 1024 * 1024
+
+
+class PutRecordsError(RuntimeError):
+    """Records the stream kept refusing after every retry."""
+
+
+def partition_key(line: bytes) -> str:
+    return hashlib.sha1(line).hexdigest()[:16]  # spreads lines over the shards, reproducibly
+
+
+def put_batches(lines: list[bytes]):
+    """Splits lines into PutRecords calls within the count and size limits."""
+    batch, size = [], 0
+    for line in lines:
+        entry_size = len(line) + 16
+        if batch and (len(batch) == PUT_RECORDS_MAX_RECORDS or size + entry_size > PUT_RECORDS_MAX_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(line)
+        size += entry_size
+    if batch:
+        yield batch
+
+
+def put_lines(client, stream_name: str, lines: list[bytes], max_attempts: int = 8, sleep=time.sleep) -> int:
+    """PutRecords in batches; records a partial failure rejected (throttling) are sent
+    again, with exponential backoff, until all are in or max_attempts is reached.
+    Returns the number of retried records."""
+    retried = 0
+    for batch in put_batches(lines):
+        entries = [{"Data": line, "PartitionKey": partition_key(line)} for line in batch]
+        for attempt in range(max_attempts):
+            answer = client.put_records(StreamName=stream_name, Records=entries)
+            entries = [e for e, r in zip(entries, answer["Records"], strict=True) if "ErrorCode" in r]
+            if not entries:
+                break
+            retried += len(entries)
+            sleep(min(5.0, 0.1 * 2**attempt) * random.random())
+        else:
+            raise PutRecordsError(
+                f"{len(entries)} records still refused by stream {stream_name!r} after {max_attempts} attempts"
+            )
+    return retried
+
+
+def kinesis_client(region: str, endpoint_url: str | None):
+    import boto3
+
+    return boto3.client("kinesis", region_name=region, endpoint_url=endpoint_url)
+
+
+class TruthWriter:
+    """The observations of the lines sent so far, once each, as JSON lines."""
+
+    def __init__(self, path: str | None):
+        self._handle = open(path, "w", encoding="utf-8") if path else None  # noqa: SIM115 - closed in close()
+        self._seen = set()
+
+    def add(self, meant_per_line):
+        if self._handle is None:
+            return
+        for meant in meant_per_line:
+            for observation in meant:
+                key = (observation.event_id, observation.index)
+                if key not in self._seen:
+                    self._seen.add(key)
+                    self._handle.write(json.dumps(observation._asdict()) + "\n")
+        self._handle.flush()
+
+    def close(self):
+        if self._handle is not None:
+            self._handle.close()
+
+
+def send_live(stream: SimulatedStream, send, truth: TruthWriter, now_ms=lambda: int(time.time() * 1000)):
+    """Sends each line when its arrival time comes (real time), a batch every 200 ms."""
+    sent = 0
+    total = len(stream.lines)
+    while sent < total:
+        due = sent
+        current = now_ms()
+        while due < total and stream.arrival_ms[due] <= current:
+            due += 1
+        if due > sent:
+            send(stream.lines[sent:due])
+            truth.add(stream.line_observations[sent:due])
+            sent = due
+        else:
+            time.sleep(min(0.2, max(0.0, (stream.arrival_ms[sent] - current) / 1000)))
+    return sent
+
+
 def main(argv: list | None = None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=7, help="random seed; the same seed gives the same lines")
     parser.add_argument("--players", type=int, default=200, help="number of players (default 200)")
     parser.add_argument("--minutes", type=float, default=30, help="simulated duration (default 30)")
     parser.add_argument(
+        "--event_gap_secs",
+        type=float,
+        default=8.0,
+        help="mean seconds between a playing player's events: the event rate (default 8)",
+    )
+    parser.add_argument(
         "--timeout_secs", type=int, default=300, help="idle players stay away longer than this"
     )
-    parser.add_argument("--out", required=True, help="file to write the enriched TSV lines to")
-    parser.add_argument("--truth", help="optional JSON-lines file of the observations meant")
+    parser.add_argument(
+        "--max_out_of_orderness_secs", type=float, default=10.0, help="arrival shuffle bound (default 10)"
+    )
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", help="file to write the enriched TSV lines to (a backfill)")
+    target.add_argument("--stream_name", help="Kinesis stream to put the lines to (PutRecords)")
+    parser.add_argument("--aws_region", default="us-east-1", help="with --stream_name (default us-east-1)")
+    parser.add_argument("--aws_endpoint_url", default=None, help="with --stream_name: e.g. moto's address")
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="event times from now on, each line sent when its time comes (with --stream_name)",
+    )
+    parser.add_argument("--truth", help="optional JSON-lines file of the observations sent")
     args = parser.parse_args(argv)
-    if args.players <= 0 or args.minutes <= 0:
-        sys.exit("error: --players and --minutes must be positive")
+    if args.players <= 0 or args.minutes <= 0 or args.event_gap_secs <= 0:
+        sys.exit("error: --players, --minutes and --event_gap_secs must be positive")
+    if args.live and not args.stream_name:
+        sys.exit("error: --live sends to a stream: give --stream_name")
     settings = SimulationSettings(
         seed=args.seed,
         players=args.players,
         duration_secs=int(args.minutes * 60),
         timeout_secs=args.timeout_secs,
+        mean_event_gap_secs=args.event_gap_secs,
+        max_out_of_orderness_secs=args.max_out_of_orderness_secs,
+        **({"start_ms": int(time.time() * 1000), "early_share": 0.5} if args.live else {}),
     )
     stream = simulate(settings)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    write_lines(args.out, stream.lines)
-    if args.truth:
-        with open(args.truth, "w", encoding="utf-8") as handle:
-            for observation in stream.observations:
-                handle.write(json.dumps(observation._asdict()) + "\n")
-    print(
+    summary = (
         f"{len(stream.lines)} lines ({len(stream.observations)} observations, "
-        f"{stream.duplicates} duplicates, {stream.malformed} malformed) -> {args.out}"
+        f"{stream.duplicates} duplicates, {stream.malformed} malformed)"
     )
+    truth = TruthWriter(args.truth)
+    try:
+        if args.out:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            write_lines(args.out, stream.lines)
+            truth.add(stream.line_observations)
+            print(f"{summary} -> {args.out}")
+            return
+        client = kinesis_client(args.aws_region, args.aws_endpoint_url)
+        if args.live:
+            print(f"{summary} over {args.minutes:g} min, live -> stream {args.stream_name}", flush=True)
+            sent = send_live(stream, lambda lines: put_lines(client, args.stream_name, lines), truth)
+        else:
+            put_lines(client, args.stream_name, stream.lines)
+            truth.add(stream.line_observations)
+            sent = len(stream.lines)
+        print(f"sent {sent} lines to stream {args.stream_name}", flush=True)
+    except KeyboardInterrupt:
+        print("simulator stopped", flush=True)
+    finally:
+        truth.close()
 
 
 if __name__ == "__main__":

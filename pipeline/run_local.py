@@ -1,0 +1,326 @@
+"""The whole system on one machine, no AWS account: `make run`.
+
+    python -m pipeline.run_local [--players 200] [--event_gap_secs 4] [--timeout_secs 60] ...
+
+1. moto in server mode on a free loopback port: the embedded AWS;
+2. a Kinesis stream (--shards), the level, transitions and progress tables, a bucket;
+3. the simulator, sending live players' events to the stream (pipeline.simulate --live);
+4. the pipeline (pipeline.main, streaming from the stream, writing DynamoDB and S3);
+5. the live view (pipeline.live_view) of what the pipeline published, in the foreground.
+
+The local runner (Beam's FnApiRunner) holds a splittable source's watermark until the
+source ends, so a pipeline that never ends would publish nothing. The pipeline therefore
+runs in segments (--stop_when_caught_up): each reads the stream up to its tip, publishes
+everything that is final by then and exits; the next resumes from the checkpoint the
+previous committed, re-reading timeout + out-of-orderness of history to rebuild player
+state, exactly as after a crash. The published numbers are the contract's; only their
+freshness depends on the segment length. On Flink (make run-flink) one pipeline runs.
+
+Ctrl-C stops everything (children run in their own process groups, so only this process
+gets the terminal's SIGINT and stops them in order), then prints a one-line summary. Logs
+of the children go to --workdir.
+"""
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import boto3
+
+from pipeline.live_view import STATUS_OBJECT
+
+REGION = "us-east-1"
+STREAM = "enriched-good"
+BUCKET = "level-analytics"
+TABLES = ("level-state", "transitions", "level-analytics-progress")
+DUMMY_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "local",
+    "AWS_SECRET_ACCESS_KEY": "local",
+    "AWS_DEFAULT_REGION": REGION,
+}
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description="Run the whole system locally on an embedded AWS (moto).")
+    parser.add_argument("--players", type=int, default=200, help="simulated players (default 200)")
+    parser.add_argument(
+        "--event_gap_secs", type=float, default=4.0, help="mean seconds between a player's events (default 4)"
+    )
+    parser.add_argument("--minutes", type=float, default=60, help="how long the simulator plays (default 60)")
+    parser.add_argument("--seed", type=int, default=7, help="simulator seed (default 7)")
+    parser.add_argument("--shards", type=int, default=2, help="Kinesis shards (default 2)")
+    parser.add_argument("--timeout_secs", type=int, default=60, help="player timeout (default 60 here)")
+    parser.add_argument("--window_secs", type=int, default=10, help="snapshot window (default 10 here)")
+    parser.add_argument("--update_secs", type=int, default=5, help="DynamoDB update grid (default 5)")
+    parser.add_argument("--max_out_of_orderness_secs", type=int, default=5, help="(default 5 here)")
+    parser.add_argument("--no-tty", dest="no_tty", action="store_true", help="plain status lines, for logs")
+    parser.add_argument(
+        "--stop_when_idle_secs",
+        type=int,
+        default=None,
+        help="once the simulator is done, finish the pipeline (everyone times out) and exit (tests)",
+    )
+    aws = parser.add_mutually_exclusive_group()
+    aws.add_argument(
+        "--aws_endpoint_url",
+        default=None,
+        help="use this AWS endpoint (e.g. a moto or LocalStack already running) instead of starting moto",
+    )
+    aws.add_argument(
+        "--real_aws",
+        action="store_true",
+        help="use real AWS (credentials from boto3's usual chain, --aws_region); creates what is missing",
+    )
+    parser.add_argument("--aws_region", default=REGION, help=f"(default {REGION})")
+    parser.add_argument("--stream_name", default=STREAM, help=f"(default {STREAM})")
+    parser.add_argument(
+        "--table_prefix",
+        default="",
+        help="put before the three table names, to keep runs apart (default none)",
+    )
+    parser.add_argument("--bucket", default=BUCKET, help=f"for snapshots and dead letters (default {BUCKET})")
+    parser.add_argument(
+        "--workdir", default="out/local", help="logs and the simulator's truth (default out/local)"
+    )
+    args = parser.parse_args(argv)
+    for name in (
+        "players",
+        "minutes",
+        "shards",
+        "timeout_secs",
+        "window_secs",
+        "update_secs",
+        "event_gap_secs",
+    ):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive")
+    if args.window_secs % args.update_secs:
+        parser.error(f"--update_secs {args.update_secs} must divide --window_secs {args.window_secs}")
+    return args
+
+
+class LocalSystem:
+    def __init__(self, args):
+        self.args = args
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.endpoint = args.aws_endpoint_url  # None: real AWS
+        self.children = {}  # name -> Popen
+        self.stopping = threading.Event()
+        self.totals = {"records_read": 0, "transitions": 0, "dead_letters": 0, "dynamodb_writes": 0}
+        self.segments = 0
+        self.failure = None
+
+    # --- processes ---------------------------------------------------------------
+
+    def start(self, name, command, log=True, **kwargs):
+        output = open(os.path.join(self.args.workdir, f"{name}.log"), "ab") if log else None  # noqa: SIM115
+        process = subprocess.Popen(
+            command, env=self.env, stdout=output, stderr=output, start_new_session=True, **kwargs
+        )
+        self.children[name] = process
+        return process
+
+    def stop(self, name, grace_secs=10.0):
+        process = self.children.get(name)
+        if process is None or process.poll() is not None:
+            return
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=grace_secs)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    # --- the pieces --------------------------------------------------------------
+
+    def start_embedded_aws(self):
+        port = free_port()
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.start("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)])
+        kinesis = self.client("kinesis")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                kinesis.list_streams()
+                return
+            except Exception:  # noqa: BLE001 - not listening yet
+                if time.monotonic() > deadline or self.children["moto"].poll() is not None:
+                    raise RuntimeError(f"moto did not start; see {self.args.workdir}/moto.log") from None
+                time.sleep(0.2)
+
+    def client(self, service):
+        return boto3.client(service, region_name=self.args.aws_region, endpoint_url=self.endpoint)
+
+    def create_resources(self):
+        """The stream, the tables and the bucket, each only if missing."""
+        from pipeline.sinks.dynamodb import create_tables, default_client  # imports Beam: only now
+
+        a = self.args
+        kinesis = self.client("kinesis")
+        try:
+            kinesis.create_stream(StreamName=a.stream_name, ShardCount=a.shards)
+        except kinesis.exceptions.ResourceInUseException:
+            pass  # there already
+        kinesis.get_waiter("stream_exists").wait(StreamName=a.stream_name, WaiterConfig={"Delay": 1})
+        create_tables(default_client(a.aws_region, self.endpoint), *self.tables())
+        s3 = self.client("s3")
+        try:
+            s3.head_bucket(Bucket=a.bucket)
+        except s3.exceptions.ClientError:
+            where = {} if a.aws_region == "us-east-1" else {"LocationConstraint": a.aws_region}
+            s3.create_bucket(Bucket=a.bucket, **({"CreateBucketConfiguration": where} if where else {}))
+
+    def start_simulator(self):
+        a = self.args
+        self.start(
+            "simulator",
+            [
+                sys.executable, "-m", "pipeline.simulate", "--live",
+                f"--stream_name={a.stream_name}", *self.aws_flags(),
+                f"--players={a.players}", f"--minutes={a.minutes}", f"--seed={a.seed}",
+                f"--event_gap_secs={a.event_gap_secs}", f"--timeout_secs={a.timeout_secs}",
+                f"--max_out_of_orderness_secs={a.max_out_of_orderness_secs}",
+                f"--truth={os.path.join(a.workdir, 'truth.jsonl')}",
+            ],
+        )  # fmt: skip
+
+    def tables(self):
+        return [self.args.table_prefix + name for name in TABLES]
+
+    def table_flags(self):
+        levels, transitions, progress = self.tables()
+        return [
+            f"--level_table={levels}",
+            f"--transitions_table={transitions}",
+            f"--progress_table={progress}",
+        ]
+
+    def aws_flags(self):
+        endpoint = [] if self.endpoint is None else [f"--aws_endpoint_url={self.endpoint}"]
+        return [*endpoint, f"--aws_region={self.args.aws_region}"]
+
+    def pipeline_command(self, stop_flag):
+        a = self.args
+        return [
+            sys.executable, "-m", "pipeline.main",
+            f"--stream_name={a.stream_name}", *self.aws_flags(),
+            "--initial_position=TRIM_HORIZON", "--write_dynamodb", *self.table_flags(),
+            f"--snapshot_path=s3://{a.bucket}/snapshots", f"--dead_letter_path=s3://{a.bucket}/dead-letters",
+            f"--timeout_secs={a.timeout_secs}", f"--window_secs={a.window_secs}",
+            f"--update_secs={a.update_secs}", f"--max_out_of_orderness_secs={a.max_out_of_orderness_secs}",
+            f"--idle_shard_secs={max(a.max_out_of_orderness_secs, a.update_secs)}",
+            stop_flag,
+        ]  # fmt: skip
+
+    def run_segments(self):
+        """The pipeline, one segment after the other, until stopped; with
+        --stop_when_idle_secs, a last segment once the simulator is done."""
+        try:
+            while not self.stopping.is_set():
+                simulator_done = self.children["simulator"].poll() is not None
+                final = simulator_done and self.args.stop_when_idle_secs is not None
+                flag = (
+                    f"--stop_when_idle_secs={self.args.stop_when_idle_secs}"
+                    if final
+                    else "--stop_when_caught_up"
+                )
+                started = time.monotonic()
+                segment = self.start("pipeline", self.pipeline_command(flag))
+                if segment.wait() != 0:
+                    if self.stopping.is_set():
+                        return
+                    raise RuntimeError(f"a pipeline segment failed; see {self.args.workdir}/pipeline.log")
+                self.segments += 1
+                self.add_status()
+                if final:
+                    return
+                # At least one update interval between segment starts: nothing new is final sooner.
+                self.stopping.wait(max(0.0, self.args.update_secs - (time.monotonic() - started)))
+        except Exception as error:  # noqa: BLE001 - reported by the main thread
+            self.failure = error
+        finally:
+            self.stopping.set()
+
+    def add_status(self):
+        s3 = self.client("s3")
+        try:
+            body = s3.get_object(Bucket=self.args.bucket, Key=f"snapshots/{STATUS_OBJECT}")["Body"].read()
+        except s3.exceptions.NoSuchKey:
+            return
+        status = json.loads(body)
+        self.totals["records_read"] += status.get("records_read", 0)
+        self.totals["transitions"] += status.get("transitions", 0)
+        self.totals["dead_letters"] += sum(status.get("dead_letters", {}).values())
+        self.totals["dynamodb_writes"] += status.get("dynamodb_writes", 0)
+
+    def start_view(self):
+        command = [
+            sys.executable, "-m", "pipeline.live_view",
+            f"--snapshot_path=s3://{self.args.bucket}/snapshots", *self.aws_flags(), *self.table_flags(),
+        ] + (["--no-tty"] if self.args.no_tty else [])  # fmt: skip
+        return self.start("view", command, log=False)  # the view draws on this terminal
+
+    def summary(self) -> str:
+        t = self.totals
+        return (
+            f"stopped: {self.segments} pipeline segments read {t['records_read']} records (re-reads included), "
+            f"{t['transitions']} transitions, {t['dead_letters']} dead letters, "
+            f"{t['dynamodb_writes']} DynamoDB writes; logs in {self.args.workdir}"
+        )
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    os.makedirs(args.workdir, exist_ok=True)
+    logging.basicConfig(level=logging.ERROR)  # no import-time warnings of Beam's on the terminal
+    embedded = not (args.aws_endpoint_url or args.real_aws)
+    if embedded:
+        os.environ.update(DUMMY_CREDENTIALS)  # the embedded AWS only: never real credentials
+    system = LocalSystem(args)
+    interrupted = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: (interrupted.set(), system.stopping.set()))
+    signal.signal(signal.SIGTERM, lambda *_: (interrupted.set(), system.stopping.set()))
+    try:
+        if embedded:
+            system.start_embedded_aws()
+        system.create_resources()
+        where = (
+            "real AWS"
+            if args.real_aws
+            else f"AWS endpoint {system.endpoint}" + (" (embedded moto)" if embedded else "")
+        )
+        print(f"{where}; stream {args.stream_name}, bucket {args.bucket}", flush=True)
+        system.start_simulator()
+        runner = threading.Thread(target=system.run_segments, name="pipeline-segments", daemon=True)
+        runner.start()
+        system.start_view()
+        while not system.stopping.is_set():
+            system.stopping.wait(0.5)
+        runner.join(timeout=5 if interrupted.is_set() else None)
+    except Exception as error:  # noqa: BLE001 - one line, not a traceback
+        system.failure = error
+    finally:
+        for name in ("simulator", "pipeline", "view", "moto"):
+            system.stop(name)
+    print(system.summary(), flush=True)
+    if system.failure is not None:
+        print(f"error: {system.failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The run command's pieces, started as a user starts them (subprocesses on loopback):
+the simulator sending live players to Kinesis, the pipeline in segments, the live view.
+
+- A short run that finishes (--stop_when_idle_secs) leaves tables and snapshots equal
+  to the reference model of what the simulator says it sent.
+- Ctrl-C (SIGINT) stops everything: exit 0, a summary line, no traceback, no process left.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import boto3
+from moto_server import REGION, moto_endpoint  # noqa: F401
+from reference_model import model_transition_totals
+from test_main_end_to_end import assert_history_equals_model
+from test_restart import read_dead_letters, read_history
+
+from pipeline.events import Observation
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TIMEOUT_SECS, WINDOW_SECS = 15, 10
+
+
+def run_local_command(*extra):
+    return [
+        sys.executable,
+        "-m",
+        "pipeline.run_local",
+        "--players=25",
+        "--event_gap_secs=2",
+        f"--timeout_secs={TIMEOUT_SECS}",
+        f"--window_secs={WINDOW_SECS}",
+        "--max_out_of_orderness_secs=3",
+        "--no-tty",
+        *extra,
+    ]
+
+
+def descendants(pid: int) -> set:
+    children = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == pid:
+                children.add(int(entry))
+    return children | {grandchild for child in children for grandchild in descendants(child)}
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_short_live_run_publishes_exactly_the_model_of_what_was_sent(moto_endpoint, tmp_path):  # noqa: F811
+    command = run_local_command(
+        "--minutes=0.5",
+        "--stop_when_idle_secs=3",
+        f"--aws_endpoint_url={moto_endpoint}",
+        "--stream_name=live-test",
+        "--bucket=live-test",
+        "--table_prefix=live-test-",
+        f"--workdir={tmp_path}",
+    )
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "stopped:" in result.stdout and "Traceback" not in result.stdout + result.stderr
+    windows = [line for line in result.stdout.splitlines() if line.startswith("20") and "players=" in line]
+    assert windows, result.stdout  # the live view printed windows while it ran
+
+    with open(tmp_path / "truth.jsonl") as handle:
+        sent = [Observation(**json.loads(line)) for line in handle]
+    assert len(sent) > 100
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name=REGION)
+    assert_history_equals_model(read_history(s3, "live-test"), sent, TIMEOUT_SECS, WINDOW_SECS)
+    dynamodb = boto3.client("dynamodb", endpoint_url=moto_endpoint, region_name=REGION)
+    items = dynamodb.scan(TableName="live-test-transitions")["Items"]
+    totals = {item["transitionLevels"]["S"]: int(item["count"]["N"]) for item in items}
+    assert totals == model_transition_totals(sent, TIMEOUT_SECS)
+    levels = dynamodb.scan(TableName="live-test-level-state")["Items"]
+    assert levels and {int(item["playerCount"]["N"]) for item in levels} == {0}
+    dead = [line for body in read_dead_letters(s3, "live-test").values() for line in body.splitlines()]
+    assert len(dead) == len(set(dead))  # no bad line twice, whatever the segments re-read
+
+
+def test_ctrl_c_stops_everything_cleanly(tmp_path):
+    process = subprocess.Popen(
+        run_local_command(f"--workdir={tmp_path}"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        seen = []
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            seen.append(line)
+            if line.startswith("20") and "players=" in line:
+                break  # the view shows a published window: everything is running
+        else:
+            raise AssertionError("no window published within 180 s:\n" + "".join(seen))
+        children = descendants(process.pid)
+        assert len(children) >= 4  # moto, simulator, a pipeline segment or the next soon, the view
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err[-2000:]
+    assert out.strip().splitlines()[-1].startswith("stopped:"), out[-1000:]
+    assert "Traceback" not in out + err
+    time.sleep(0.5)
+    assert not [pid for pid in children if is_alive(pid)]
