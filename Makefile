@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format run clean
+.PHONY: help install test lint format run backfill clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,7 +29,20 @@ format: $(STAMP) ## ruff: fix formatting
 	$(PY) -m ruff format pipeline tests
 	$(PY) -m ruff check --fix pipeline tests
 
-run: $(STAMP) ## simulate players and run the pipeline over them (bounded replay into out/)
+# make run PLAYERS=500 EVENT_GAP=2 TIMEOUT=120 WINDOW=30 ...
+PLAYERS ?= 200
+EVENT_GAP ?= 4
+TIMEOUT ?= 60
+WINDOW ?= 10
+MINUTES ?= 60
+SHARDS ?= 2
+RUN_FLAGS ?=
+
+run: $(STAMP) ## the whole system locally: embedded AWS (moto), live simulator, pipeline, live view (Ctrl-C stops)
+	$(PY) -m pipeline.run_local --players $(PLAYERS) --event_gap_secs $(EVENT_GAP) --timeout_secs $(TIMEOUT) \
+		--window_secs $(WINDOW) --minutes $(MINUTES) --shards $(SHARDS) $(RUN_FLAGS)
+
+backfill: $(STAMP) ## bounded replay: simulate 30 minutes of 300 players to a file, run the pipeline over it into out/
 	$(PY) -m pipeline.simulate --seed 7 --players 300 --minutes 30 --out out/events.tsv
 	$(PY) -m pipeline.main --input 'out/events.tsv' --snapshot_path out/snapshots --dead_letter_path out/dead_letters
 	@echo "snapshots in out/snapshots (latest: out/snapshots/level_information.json)"

@@ -8,13 +8,13 @@ INSTALL_REQUIRES = [
     "snowplow-analytics-sdk==0.2.3",
     "boto3==1.44.8",
     "botocore==1.44.8",
+    "moto[server]==5.2.5",  # the embedded AWS of `make run` (and of the tests)
 ]
 
 TEST_REQUIRES = [
     "pytest==9.2.0",
     "pytest-timeout==2.4.0",
     "hypothesis==6.170.17",
-    "moto[server]==5.2.5",
     "ruff==0.17.6",
 ]
 
