@@ -7,12 +7,21 @@ for every record, and what the tests call directly.
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import NamedTuple
 
 from snowplow_analytics_sdk.event_transformer import (
     ENRICHED_EVENT_FIELD_TYPES,
-    transform,
+    convert_bool,
+    convert_contexts,
+    convert_double,
+    convert_int,
+    convert_string,
+    convert_tstamp,
+    convert_unstruct,
+    jsonify_good_event,
 )
+from snowplow_analytics_sdk.json_shredder import SCHEMA_URI_REGEX
 from snowplow_analytics_sdk.snowplow_event_transformation_exception import (
     SnowplowEventTransformationException,
 )
@@ -20,6 +29,31 @@ from snowplow_analytics_sdk.snowplow_event_transformation_exception import (
 # The SDK's own field table: names and positions of the 131 TSV fields.
 FIELD_NAMES = tuple(name for name, _ in ENRICHED_EVENT_FIELD_TYPES)
 FIELD_INDEX = {name: i for i, name in enumerate(FIELD_NAMES)}
+
+
+def _fields_converted_by(convert) -> tuple:
+    return tuple(i for i, (_, c) in enumerate(ENRICHED_EVENT_FIELD_TYPES) if c is convert)
+
+
+# Validation as the SDK's `transform` does it, by the type its field table gives each
+# field, but in bulk and without building its 131-key dictionary. Its string and
+# timestamp converters accept any text; these are the ones that can reject a value.
+_INT_FIELDS = itemgetter(*_fields_converted_by(convert_int))
+_DOUBLE_FIELDS = itemgetter(*_fields_converted_by(convert_double))
+_BOOL_FIELDS = itemgetter(*_fields_converted_by(convert_bool))
+_BOOL_TEXT = frozenset(("", "0", "1"))  # convert_bool accepts exactly "1" and "0"
+(_UNSTRUCT_INDEX,) = _fields_converted_by(convert_unstruct)
+_CONTEXT_FIELD_INDEXES = _fields_converted_by(convert_contexts)
+if {c for _, c in ENRICHED_EVENT_FIELD_TYPES} != {
+    convert_string,
+    convert_tstamp,
+    convert_int,
+    convert_double,
+    convert_bool,
+    convert_unstruct,
+    convert_contexts,
+}:
+    raise ImportError("the Snowplow SDK's field table has a converter this parser does not check")
 
 EVENT_TIME_FIELDS = ("collector_tstamp", "derived_tstamp", "dvce_created_tstamp")
 DEFAULT_EVENT_TIME_FIELD = "collector_tstamp"
@@ -29,6 +63,7 @@ LEVEL_CONTEXT_PREFIX = "iglu:com.codecombat/level_context/jsonschema/"
 SUPPORTED_LEVEL_CONTEXT = re.compile(r"^1-0-(0|[1-9][0-9]*)$")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NAIVE_EPOCH = datetime(1970, 1, 1)  # for timestamps without an offset, which are UTC
 _ONE_MS = timedelta(milliseconds=1)
 
 
@@ -65,6 +100,10 @@ LATE = "late"
 
 def parse_timestamp_ms(value: str) -> int:
     """Snowplow timestamp ('2026-11-27 14:00:05.123', or the SDK's ISO form) to epoch ms."""
+    if len(value) == 23 and value[10] == " ":  # enriched TSV's own form: the quick way
+        moment = datetime.fromisoformat(value)
+        if moment.tzinfo is None:
+            return (moment - _NAIVE_EPOCH) // _ONE_MS
     text = value.strip().replace(" ", "T")
     if text.endswith("Z"):
         text = text[:-1] + "+00:00"
@@ -101,18 +140,58 @@ def decode_line(raw: bytes | str) -> str:
     return raw.rstrip("\r\n")
 
 
+def _keep_nothing(key, value):
+    return ()
+
+
+# The SDK's field table with its converters that cannot fail replaced by a no-op: the
+# SDK's own loop over it reports exactly the errors `transform` would, in its words.
+_ERRORS_ONLY_FIELD_TYPES = tuple(
+    (name, convert if convert not in (convert_string, convert_tstamp) else _keep_nothing)
+    for name, convert in ENRICHED_EVENT_FIELD_TYPES
+)
+
+
+def sdk_errors(fields: list) -> str | None:
+    """What the SDK's `transform` says is wrong with these fields, or None if nothing."""
+    try:
+        jsonify_good_event(fields, _ERRORS_ONLY_FIELD_TYPES, add_geolocation_data=False)
+    except SnowplowEventTransformationException as error:
+        return "; ".join(error.error_messages)
+    return None
+
+
+def _check_fields(fields: list) -> None:
+    """Raises if the SDK's `transform` would reject a field other than the contexts."""
+    [int(value) for value in _INT_FIELDS(fields) if value]
+    [float(value) for value in _DOUBLE_FIELDS(fields) if value]
+    if not _BOOL_TEXT.issuperset(_BOOL_FIELDS(fields)):
+        raise ValueError("a boolean field is neither 1 nor 0")
+    raw = fields[_UNSTRUCT_INDEX]
+    if raw:  # as json_shredder.parse_unstruct reads it
+        data = json.loads(raw)["data"]
+        if not SCHEMA_URI_REGEX.match(data["schema"]) or "data" not in data:
+            raise ValueError("unstruct_event is not a self-describing event")
+
+
 def _level_contexts(fields: list) -> list:
-    """The raw level contexts of an event, in order, from `contexts` and `derived_contexts`."""
+    """The raw level contexts of an event, in order, from `contexts` and `derived_contexts`.
+    Raises if the SDK's `transform` would reject the line."""
+    _check_fields(fields)
     found = []
-    for name in ("contexts", "derived_contexts"):
-        raw = fields[FIELD_INDEX[name]]
+    for index in _CONTEXT_FIELD_INDEXES:
+        raw = fields[index]
         if not raw:
             continue
-        # The SDK's transform has already checked that this is valid context JSON.
-        for context in json.loads(raw).get("data", []):
-            schema = context.get("schema", "")
+        # As json_shredder.parse_contexts reads them (same keys, same Iglu URI
+        # pattern), with the JSON parsed only once.
+        for context in json.loads(raw)["data"]:
+            schema = context["schema"]
+            if not SCHEMA_URI_REGEX.match(schema):
+                raise ValueError(f"schema {schema!r} is not an Iglu URI")
+            data = context["data"]
             if schema.startswith(LEVEL_CONTEXT_PREFIX):
-                found.append((schema[len(LEVEL_CONTEXT_PREFIX) :], context.get("data")))
+                found.append((schema[len(LEVEL_CONTEXT_PREFIX) :], data))
     return found
 
 
@@ -127,22 +206,21 @@ def parse_enriched_line(raw: bytes | str, event_time_field: str = DEFAULT_EVENT_
     Raises BadLine for a line that does not parse, or whose level contexts are all
     unusable (unsupported version, not an object, null or empty user_id/level_slug).
     A context that is unusable beside a usable one is skipped: the usable one counts.
+
+    A line is valid exactly when the Snowplow SDK's `transform` accepts it: the same
+    converters check the same fields (see `_level_contexts`), without building the
+    SDK's dictionary of all 131 fields; a rejected line gets the SDK's own messages.
     """
     line = decode_line(raw)
     if not line.strip():
         raise BadLine(UNPARSEABLE, "empty line")
-    try:
-        transform(line)  # the SDK validates every one of the 131 fields
-    except SnowplowEventTransformationException as error:
-        raise BadLine(UNPARSEABLE, "; ".join(error.error_messages)) from None
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        # The SDK lets a few malformed contexts escape as plain exceptions.
-        raise BadLine(UNPARSEABLE, repr(error)) from None
     fields = line.split("\t")
+    if len(fields) != len(FIELD_NAMES):
+        raise BadLine(UNPARSEABLE, sdk_errors(fields))
     try:
         contexts = _level_contexts(fields)
-    except (ValueError, AttributeError, TypeError) as error:
-        raise BadLine(UNPARSEABLE, f"contexts: {error!r}") from None
+    except Exception as error:  # noqa: BLE001 - whatever the SDK's converters raise
+        raise BadLine(UNPARSEABLE, sdk_errors(fields) or f"contexts: {error!r}") from None
     if not contexts:
         return []
 

@@ -144,3 +144,41 @@ class PlayerTimeline(NamedTuple):
         if self.current is not None:
             candidates.append(self.current.deadline_ms(timeout_ms))
         return min(candidates) if candidates else None
+
+
+def replay_all(arrivals: Iterable[tuple[int, str, tuple]], timeout_ms: int) -> list[Transition]:
+    """Every transition of one player whose observations, (time_ms, level,
+    observation_id) in arrival order, all arrived before any was applied, as on a
+    bounded input, where the watermark only moves, to +infinity, once the input ends.
+
+    Gives exactly what a `PlayerTimeline` gives when it accepts them all and is then
+    advanced to each instant its timer wakes at in turn (its earliest pending
+    observation or its timeout), until it is done, but with one sort instead of one
+    pass over the buffer per instant. Duplicates are recognised as `advance` does: by
+    observation id, among the observations of the same instant and the previous one.
+    """
+    ordered = sorted(arrivals, key=lambda arrival: arrival[0])  # stable: ties keep arrival order
+    current, transitions = None, []
+    previous_ids = frozenset()  # ids applied at the previous instant (the timeline's frontier)
+    i = 0
+    while i < len(ordered) or current is not None:
+        next_time = ordered[i][0] if i < len(ordered) else None
+        deadline = None if current is None else current.deadline_ms(timeout_ms)
+        until = (
+            next_time if deadline is None or (next_time is not None and next_time < deadline) else deadline
+        )
+        applied_ids = set()
+        seen = set(previous_ids)
+        while i < len(ordered) and ordered[i][0] == until:
+            time_ms, level, observation_id = ordered[i]
+            i += 1
+            if observation_id in seen:
+                continue  # a duplicate of an observation already applied
+            seen.add(observation_id)
+            applied_ids.add(observation_id)
+            current, made = observe(current, level, time_ms, timeout_ms)
+            transitions += made
+        current, made = expire(current, until, timeout_ms)
+        transitions += made
+        previous_ids = frozenset(applied_ids)
+    return transitions

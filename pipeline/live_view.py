@@ -35,10 +35,9 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeline.snapshots import TRANSITIONS_LATEST, iso_utc
+from pipeline.snapshots import STATUS_OBJECT, TRANSITIONS_LATEST, iso_utc
 
 PIPELINE_NAME = "level-analytics"  # the progress table's key, as pipeline.sinks.dynamodb writes it
-STATUS_OBJECT = "pipeline_status.json"
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 DASH = "—"
 WAITING = "waiting for the pipeline… nothing published yet"

@@ -34,7 +34,7 @@ import time
 
 import boto3
 
-from pipeline.live_view import STATUS_OBJECT
+from pipeline.snapshots import STATUS_OBJECT
 
 REGION = "us-east-1"
 STREAM = "enriched-good"

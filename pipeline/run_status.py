@@ -11,9 +11,9 @@ import json
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipeline import metrics
-from pipeline.snapshots import iso_utc
+from pipeline.snapshots import STATUS_OBJECT, iso_utc
 
-STATUS_OBJECT = "pipeline_status.json"
+__all__ = ["STATUS_OBJECT", "counter_totals", "run_status", "status_bytes"]
 _DEAD_LETTER_PREFIX = "dead_letters_"  # per reason, from the parser
 _LATE = ("late_observations", "kinesis_late_records")
 

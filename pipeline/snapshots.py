@@ -79,6 +79,7 @@ def to_json_bytes(body: dict) -> bytes:
 
 LEVELS_LATEST = "level_information.json"
 TRANSITIONS_LATEST = "transition_information.json"
+STATUS_OBJECT = "pipeline_status.json"  # what the last run did (pipeline.run_status)
 
 
 def history_names(window_end_ms: int) -> tuple[str, str]:

@@ -3,15 +3,17 @@
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.coders import PickleCoder
+from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
-from apache_beam.typehints import KV
+from apache_beam.typehints import KV, Tuple
 from apache_beam.utils.timestamp import Timestamp
 
 from pipeline import metrics
+from pipeline.beam_patches import size_state_cheaply
 from pipeline.events import LATE, DeadLetter, Observation
-from pipeline.levels import PlayerTimeline
+from pipeline.levels import PlayerTimeline, replay_all
 
 
 def ms_to_timestamp(ms: int) -> Timestamp:
@@ -42,6 +44,9 @@ class _TrackPlayerFn(beam.DoFn):
         self._transitions = metrics.counter("transitions")
         self._late = metrics.counter("late_observations")
         self._timeouts = metrics.counter("player_timeouts")
+
+    def setup(self):
+        size_state_cheaply()
 
     def process(
         self,
@@ -104,9 +109,48 @@ class _TrackPlayerFn(beam.DoFn):
         wake.set(ms_to_timestamp(timeline.wake_at_ms(self._timeout_ms)))
 
 
+class _ReplayPlayerFn(beam.DoFn):
+    """Bounded input: one player's observations at once, after a GroupByKey, through
+    the same rules as `_TrackPlayerFn` (`replay_all` is `PlayerTimeline` advanced to
+    each of its wake instants in turn). On a bounded input the watermark only moves,
+    to +infinity, once the input has ended, so every observation has arrived before
+    any is applied and none can be late; grouping gives the same transitions without
+    a state write or a timer firing per observation."""
+
+    def __init__(self, timeout_ms: int):
+        self._timeout_ms = timeout_ms
+        self._transitions = metrics.counter("transitions")
+        self._timeouts = metrics.counter("player_timeouts")
+
+    def process(self, element):
+        _, arrivals = element
+        transitions = replay_all(arrivals, self._timeout_ms)
+        self._transitions.inc(len(transitions))
+        self._timeouts.inc(sum(1 for t in transitions if not t.to_level))
+        for transition in transitions:
+            yield TimestampedValue(transition, ms_to_timestamp(transition.time_ms))
+
+
+# What the bounded path shuffles per observation: (time_ms, level, (event_id, index)),
+# a plain tuple so Beam's fast primitive coder encodes it.
+Arrival = Tuple[int, str, Tuple[str, int]]
+
+
+def _arrival(observation: Observation):
+    return observation.player, (
+        observation.event_time_ms,
+        observation.level,
+        (observation.event_id, observation.index),
+    )
+
+
 class TrackPlayerLevels(beam.PTransform):
     """Observation -> Transition, each timestamped with its own event time, plus a
-    LATE output of DeadLetter for observations that came too late to apply."""
+    LATE output of DeadLetter for observations that came too late to apply.
+
+    Streaming (or any unbounded input): a stateful DoFn per player with an event-time
+    timer. Bounded input in batch mode: a GroupByKey per player and the same state
+    machine run once over each player's observations (never late there)."""
 
     TRANSITIONS = "transitions"
     LATE = "late"
@@ -116,6 +160,18 @@ class TrackPlayerLevels(beam.PTransform):
         self._timeout_ms = int(timeout_secs * 1000)
 
     def expand(self, observations):
+        streaming = observations.pipeline.options.view_as(StandardOptions).streaming
+        if observations.is_bounded and not streaming:
+            return (
+                observations
+                | "ToArrivals" >> beam.Map(_arrival).with_output_types(KV[str, Arrival])
+                # (player, (time_ms, level, (event_id, index)))
+                | "GroupByPlayer" >> beam.GroupByKey()
+                | "ReplayPlayers"
+                >> beam.ParDo(_ReplayPlayerFn(self._timeout_ms)).with_outputs(
+                    self.LATE, main=self.TRANSITIONS
+                )
+            )
         return (
             observations
             | "KeyByPlayer" >> beam.Map(lambda o: (o.player, o)).with_output_types(KV[str, Observation])
