@@ -49,6 +49,7 @@ class Ledger(NamedTuple):
     transition_totals: tuple[tuple[str, int], ...] = ()
     window_transitions: tuple[tuple[str, int], ...] = ()  # the open window's so far
     next_instant_ms: int | None = None  # the next instant to close; None before any event
+    last_change_ms: int | None = None  # the latest instant that applied a sum
 
     @classmethod
     def resume_from(cls, checkpoint: Checkpoint, update_ms: int) -> "Ledger":
@@ -89,10 +90,13 @@ def advance_ledger(
     in_window = dict(ledger.window_transitions)
     updates, snapshots = [], []
     instant = next_instant
+    last_change = ledger.last_change_ms
     while instant <= until_ms:
         if not levels and not in_window and not due:
             break  # quiet: the next event's instant picks up from here, filling the gap
         changed_levels, changed_totals = {}, {}
+        if instant in due:
+            last_change = instant
         for s in due.pop(instant, []):
             if s.kind == LEVEL:
                 if s.total:
@@ -132,11 +136,27 @@ def advance_ledger(
         tuple(sorted(totals.items())),
         tuple(sorted(in_window.items())),
         instant,
+        last_change,
     )
     return LedgerStep(new_ledger, updates, snapshots, later, already)
 
 
-def next_wake_ms(ledger: Ledger, pending: Iterable[IntervalSum], window_ms: int) -> int | None:
+def is_stale(ledger: Ledger, stale_after_ms: int | None) -> bool:
+    """Players still counted, yet no transition for longer than any player can stay
+    without one (the timeout, plus a window): a count that can never come back to 0.
+    The contract makes this impossible; if it happens anyway, waking at every window
+    end would go on until the end of time once the input has ended."""
+    return (
+        stale_after_ms is not None
+        and ledger.last_change_ms is not None
+        and ledger.next_instant_ms is not None
+        and ledger.next_instant_ms - ledger.last_change_ms > stale_after_ms
+    )
+
+
+def next_wake_ms(
+    ledger: Ledger, pending: Iterable[IntervalSum], window_ms: int, stale_after_ms: int | None = None
+) -> int | None:
     """The instant at which to close next: the latest pending sum's, or with nothing
     pending the next window end while active (a snapshot is due even if nothing
     changes); None when quiet and idle.
@@ -149,6 +169,8 @@ def next_wake_ms(ledger: Ledger, pending: Iterable[IntervalSum], window_ms: int)
     ends = [s.interval_end_ms for s in pending]
     if ends:
         wake_ms = max(ends)
+    elif is_stale(ledger, stale_after_ms):
+        return None
     elif ledger.next_instant_ms is not None and ledger.is_active():
         wake_ms = -(-ledger.next_instant_ms // window_ms) * window_ms
     else:

@@ -178,5 +178,17 @@ def test_a_quiet_ledger_sleeps_and_a_new_event_fills_the_gap():
     assert step2.snapshots[0] == (360 * S, 420 * S, (), ())
 
 
+def test_a_count_that_can_never_return_to_zero_stops_the_ledger_instead_of_looping():
+    # A +1 with no matching -1 (drift, impossible under the contract): players "stay" forever.
+    drifted = [IntervalSum(LEVEL, "a", 60 * S, 1), IntervalSum(TRANSITION, "/a", 60 * S, 1)]
+    step = advance_ledger(Ledger(), drifted, 60 * S, U, W)
+    stale_after = TIMEOUT + W
+    assert next_wake_ms(step.ledger, [], W, stale_after) == 120 * S  # still within the timeout
+    late = advance_ledger(step.ledger, [], 60 * S + stale_after + W, U, W)
+    assert late.ledger.levels == (("a", 1),)
+    assert next_wake_ms(late.ledger, [], W, stale_after) is None
+    assert next_wake_ms(late.ledger, [], W) is not None  # without the guard it would wake forever
+
+
 def test_transition_keys_use_empty_for_outside():
     assert Transition("", "a", 0).key == "/a" and Transition("a", "", 0).key == "a/"

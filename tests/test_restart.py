@@ -100,7 +100,9 @@ def assert_outputs_equal_model(endpoint, stream_name, bucket, stream):
 
 
 def fresh_scenario(endpoint, name, seed):
-    stream = simulate(SimulationSettings(seed=seed, players=50, duration_secs=900, max_out_of_orderness_secs=10))
+    stream = simulate(
+        SimulationSettings(seed=seed, players=50, duration_secs=900, max_out_of_orderness_secs=10)
+    )
     client = make_stream(endpoint, name, shards=2)
     boto3.client("s3", endpoint_url=endpoint, region_name=REGION).create_bucket(Bucket=f"{name}-bucket")
     return stream, client, f"{name}-bucket"

@@ -349,14 +349,6 @@ def restriction_watermark_ms(restriction, now_ms, out_of_orderness_ms, idle_ms):
     return min(marks)
 
 
-def frontier_ms(restriction, now_ms, out_of_orderness_ms, idle_ms) -> int | None:
-    """Where a reader that stops now may let the outputs be final: the watermark over
-    the shards it has read something from (or that are idle); None when none has."""
-    marks = [shard_watermark_ms(c, now_ms, out_of_orderness_ms, idle_ms) for c in restriction.cursors]
-    marks = [mark for mark in marks if mark is not None]
-    return min(marks) if marks else None
-
-
 def all_idle(restriction, now_ms, idle_ms) -> bool:
     return all(
         c.quiet_since_ms is not None and now_ms - c.quiet_since_ms >= idle_ms for c in restriction.cursors
@@ -469,7 +461,9 @@ class _ReadShardsFn(beam.DoFn):
             watermark.set_watermark(Timestamp(micros=mark * 1000))
         stop_ms = self._s["stop_when_idle_ms"]
         if self._s["stop_when_caught_up"] and all(c.reached_tip for c in restriction.cursors):
-            final = frontier_ms(restriction, now_ms, self._s["out_of_orderness_ms"], self._s["idle_shard_ms"])
+            # The watermark it reached: a shard with nothing read yet (and not idle) holds
+            # it, since its first records may be older than the other shards' last ones.
+            final = mark
             _LOG.info(
                 "caught up with shards %s; final up to %s", [c.shard_id for c in restriction.cursors], final
             )

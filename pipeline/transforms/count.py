@@ -1,5 +1,7 @@
 """CountPerInterval and KeepLedger: transitions -> interval sums -> counter updates and snapshots."""
 
+import logging
+
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.coders import PickleCoder
@@ -12,9 +14,20 @@ from apache_beam.utils.timestamp import Timestamp
 
 from pipeline import metrics
 from pipeline.beam_patches import size_state_cheaply
-from pipeline.ledger import LEVEL, TRANSITION, Checkpoint, IntervalSum, Ledger, advance_ledger, next_wake_ms
+from pipeline.ledger import (
+    LEVEL,
+    TRANSITION,
+    Checkpoint,
+    IntervalSum,
+    Ledger,
+    advance_ledger,
+    is_stale,
+    next_wake_ms,
+)
 from pipeline.levels import OUTSIDE
 from pipeline.transforms.track import ms_to_timestamp, timestamp_to_ms
+
+_LOG = logging.getLogger(__name__)
 
 
 def deltas_of(transition):
@@ -101,10 +114,11 @@ class _LedgerFn(beam.DoFn):
     WAKE_MS = ReadModifyWriteStateSpec("wake_ms", PickleCoder())
     CLOSE = TimerSpec("close", TimeDomain.WATERMARK)
 
-    def __init__(self, update_ms: int, window_ms: int, resume_from: Checkpoint | None):
+    def __init__(self, update_ms: int, window_ms: int, resume_from: Checkpoint | None, stale_after_ms=None):
         self._update_ms = update_ms
         self._window_ms = window_ms
         self._resume_from = resume_from
+        self._stale_after_ms = stale_after_ms
         self._snapshots = metrics.counter("snapshots")
         self._updates = metrics.counter("counter_updates")
         self._already_applied = metrics.counter("interval_sums_already_applied")
@@ -164,7 +178,13 @@ class _LedgerFn(beam.DoFn):
         for interval_sum in step.later:
             pending.add(interval_sum)
         ledger_state.write(step.ledger)
-        wake_ms = next_wake_ms(step.ledger, step.later, self._window_ms)
+        wake_ms = next_wake_ms(step.ledger, step.later, self._window_ms, self._stale_after_ms)
+        if wake_ms is None and is_stale(step.ledger, self._stale_after_ms):
+            _LOG.error(
+                "drift: levels %s still counted with no transition since %s; publishing stops",
+                dict(step.ledger.levels),
+                step.ledger.last_change_ms,
+            )
         wake_state.write(wake_ms)
         if wake_ms is not None:
             close.set(ms_to_timestamp(wake_ms))
@@ -178,11 +198,19 @@ class KeepLedger(beam.PTransform):
     SNAPSHOTS = "snapshots"
     UPDATES = "updates"
 
-    def __init__(self, update_secs: int, window_secs: int, resume_from: Checkpoint | None = None):
+    def __init__(
+        self,
+        update_secs: int,
+        window_secs: int,
+        resume_from: Checkpoint | None = None,
+        timeout_secs: int | None = None,
+    ):
         super().__init__()
         self._update_ms = int(update_secs * 1000)
         self._window_ms = int(window_secs * 1000)
         self._resume_from = resume_from
+        # Without a transition for longer than a player can stay, a count is drift.
+        self._stale_after_ms = None if timeout_secs is None else int(timeout_secs * 1000) + self._window_ms
 
     def expand(self, interval_sums):
         return (
@@ -190,7 +218,7 @@ class KeepLedger(beam.PTransform):
             | "KeyForLedger" >> beam.Map(lambda s: ("game", s)).with_output_types(KV[str, IntervalSum])
             # ("game", IntervalSum): one key, the whole game
             | "CloseInstants"
-            >> beam.ParDo(_LedgerFn(self._update_ms, self._window_ms, self._resume_from)).with_outputs(
-                self.UPDATES, main=self.SNAPSHOTS
-            )
+            >> beam.ParDo(
+                _LedgerFn(self._update_ms, self._window_ms, self._resume_from, self._stale_after_ms)
+            ).with_outputs(self.UPDATES, main=self.SNAPSHOTS)
         )
