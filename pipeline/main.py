@@ -15,6 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, S3Options, Sta
 from pipeline.ledger import Checkpoint
 from pipeline.options import LevelAnalyticsOptions, unknown_flags
 from pipeline.run_status import STATUS_OBJECT, counter_totals, run_status, status_bytes
+from pipeline.runners import apply_runner_defaults, runner_option_errors  # also declares the Flink flags
 from pipeline.sinks.dead_letters import WriteDeadLetters
 from pipeline.sinks.dynamodb import WriteCounterUpdates, create_tables, default_client, read_checkpoint
 from pipeline.sinks.snapshots import WriteSnapshots, join_path, write_object
@@ -72,7 +73,9 @@ def build_pipeline(
     )
     transitions = tracked[TrackPlayerLevels.TRANSITIONS]
     interval_sums = transitions | "CountPerInterval" >> CountPerInterval(opts.update_secs)
-    ledger = interval_sums | "KeepLedger" >> KeepLedger(opts.update_secs, opts.window_secs, resume_from)
+    ledger = interval_sums | "KeepLedger" >> KeepLedger(
+        opts.update_secs, opts.window_secs, resume_from, opts.timeout_secs
+    )
     snapshots = ledger[KeepLedger.SNAPSHOTS]
     counter_updates = ledger[KeepLedger.UPDATES]
     if frontiers is not None:
@@ -122,6 +125,7 @@ def parse_options(argv) -> PipelineOptions:
         sys.exit(f"error: unknown or malformed arguments {unknown}; see --help for the flags.")
     options = PipelineOptions(argv)
     errors = options.view_as(LevelAnalyticsOptions).validation_errors()
+    errors += runner_option_errors(options)
     if errors:
         sys.exit("error: " + "\n       ".join(errors))
     opts = options.view_as(LevelAnalyticsOptions)
@@ -135,6 +139,7 @@ def parse_options(argv) -> PipelineOptions:
         standard.runner = DEFAULT_RUNNER
     if options.view_as(LevelAnalyticsOptions).stream_name:
         standard.streaming = True
+    apply_runner_defaults(options)  # after streaming is known
     return options
 
 

@@ -53,6 +53,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def runner_of(flags) -> str | None:
+    for i, flag in enumerate(flags):
+        if flag.startswith("--runner="):
+            return flag.split("=", 1)[1]
+        if flag == "--runner" and i + 1 < len(flags):
+            return flags[i + 1]
+    return None
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description="Run the whole system locally on an embedded AWS (moto).")
     parser.add_argument("--players", type=int, default=200, help="simulated players (default 200)")
@@ -95,7 +104,10 @@ def parse_args(argv):
     parser.add_argument(
         "--workdir", default="out/local", help="logs and the simulator's truth (default out/local)"
     )
-    args = parser.parse_args(argv)
+    args, pipeline_flags = parser.parse_known_args(argv)
+    # The rest goes to pipeline.main as it is (e.g. --runner FlinkRunner --flink_master [local]).
+    args.pipeline_flags = pipeline_flags
+    args.continuous = runner_of(pipeline_flags) not in (None, "FnApiRunner", "DirectRunner")
     for name in (
         "players",
         "minutes",
@@ -212,7 +224,7 @@ class LocalSystem:
         endpoint = [] if self.endpoint is None else [f"--aws_endpoint_url={self.endpoint}"]
         return [*endpoint, f"--aws_region={self.args.aws_region}"]
 
-    def pipeline_command(self, stop_flag):
+    def pipeline_command(self, *stop_flags):
         a = self.args
         return [
             sys.executable, "-m", "pipeline.main",
@@ -222,8 +234,24 @@ class LocalSystem:
             f"--timeout_secs={a.timeout_secs}", f"--window_secs={a.window_secs}",
             f"--update_secs={a.update_secs}", f"--max_out_of_orderness_secs={a.max_out_of_orderness_secs}",
             f"--idle_shard_secs={max(a.max_out_of_orderness_secs, a.update_secs)}",
-            stop_flag,
+            *stop_flags, *a.pipeline_flags,
         ]  # fmt: skip
+
+    def run_continuous(self):
+        """A runner with live watermarks (Flink): one pipeline, as in production."""
+        idle = self.args.stop_when_idle_secs
+        try:
+            pipeline = self.start(
+                "pipeline", self.pipeline_command(*([f"--stop_when_idle_secs={idle}"] if idle else []))
+            )
+            if pipeline.wait() != 0 and not self.stopping.is_set():
+                raise RuntimeError(f"the pipeline failed; see {self.args.workdir}/pipeline.log")
+            self.segments += 1
+            self.add_status()
+        except Exception as error:  # noqa: BLE001 - reported by the main thread
+            self.failure = error
+        finally:
+            self.stopping.set()
 
     def run_segments(self):
         """The pipeline, one segment after the other, until stopped; with
@@ -275,10 +303,14 @@ class LocalSystem:
 
     def summary(self) -> str:
         t = self.totals
+        if self.args.continuous:
+            runs = "one pipeline"
+        else:
+            runs = f"{self.segments} pipeline segments"
         return (
-            f"stopped: {self.segments} pipeline segments read {t['records_read']} records (re-reads included), "
+            f"stopped: {runs} read {t['records_read']} records (re-reads included), "
             f"{t['transitions']} transitions, {t['dead_letters']} dead letters, "
-            f"{t['dynamodb_writes']} DynamoDB writes; logs in {self.args.workdir}"
+            f"{t['dynamodb_writes']} DynamoDB writes (counted when a run ends); logs in {self.args.workdir}"
         )
 
 
@@ -304,7 +336,8 @@ def main(argv=None) -> int:
         )
         print(f"{where}; stream {args.stream_name}, bucket {args.bucket}", flush=True)
         system.start_simulator()
-        runner = threading.Thread(target=system.run_segments, name="pipeline-segments", daemon=True)
+        target = system.run_continuous if args.continuous else system.run_segments
+        runner = threading.Thread(target=target, name="pipeline", daemon=True)
         runner.start()
         system.start_view()
         while not system.stopping.is_set():

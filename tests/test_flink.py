@@ -1,0 +1,355 @@
+"""The pipeline on a real (embedded) Flink, through Beam's Flink job server:
+
+* the bounded replay through `python -m pipeline.main --runner FlinkRunner` (the job
+  server started and stopped by Beam, as `make run-flink` does);
+* the streaming scenario of test_kinesis_end_to_end (moto's Kinesis on loopback, 2
+  shards, shuffled arrival, duplicates, bad lines) with parallelism 2 and a checkpoint
+  every second;
+* the same stream with a failure injected after a completed checkpoint: Flink restores
+  the job from that checkpoint, and the outputs are still exactly the model;
+* a streaming run told to stop (--stop_when_idle_secs), which must end by itself.
+
+With checkpointing on, Beam's Flink runner keeps a streaming job running after its input
+is done (so checkpoints keep working), as a live job would: the checkpointed tests wait
+until the outputs equal the model, then cancel the job. The reader still stops once the
+stream is drained (--stop_when_idle_secs), which releases its watermark: on this job
+server (Beam 2.62) a reader that keeps polling an idle stream does not move Flink's
+watermark with the clock (docs/flink.md, known limits).
+
+The job server jar comes from `make flink-jar` ($FLINK_JOB_SERVER_JAR, else the user cache;
+see pipeline/runners.py). Without it every test here is skipped, naming the Maven
+coordinates the jar is built from.
+"""
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+
+import apache_beam as beam
+import boto3
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.flink_runner import FlinkJarJobServer
+from apache_beam.runners.runner import PipelineState
+from moto_server import free_port, make_stream, moto_endpoint  # noqa: F401
+from reference_model import model_transition_totals
+from test_kinesis_end_to_end import put_all
+from test_main_end_to_end import assert_history_equals_model
+
+from pipeline import runners
+from pipeline.main import build_pipeline, parse_options, prepare_restart
+from pipeline.options import LevelAnalyticsOptions
+from pipeline.simulate import SimulationSettings, simulate, write_lines
+from pipeline.sources.kinesis import ReadKinesisRecords
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+JAR = runners.default_job_server_jar()
+pytestmark = pytest.mark.skipif(not os.path.isfile(JAR), reason=runners.missing_jar_message(JAR))
+
+CHECKPOINT_MS = 1000
+# Flink's own default with checkpointing: the sources never shut down, so checkpoints go
+# on through the whole run (pipeline.main lets them go for runs that stop by themselves).
+KEEP_SOURCES_ALIVE = "--shutdown_sources_after_idle_ms=9223372036854775807"
+OUTPUT_DEADLINE_SECS = 420  # the machine is shared: a run takes about 2 minutes here
+FAILED_STATES = (PipelineState.FAILED, PipelineState.CANCELLED, PipelineState.STOPPED)
+RESTORED = re.compile(r"Restoring job \w+ from Checkpoint (\d+)")
+COMPLETED = re.compile(r"Completed checkpoint (\d+)")
+
+
+class JobServerLog(logging.Handler):
+    """Keeps the job server's lines about checkpoints (Beam logs its output as INFO
+    under the logger 'FlinkJarJobServer'); can drop a file when a checkpoint completes."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+        self.on_checkpoint = None  # callable(checkpoint_id), set by a test
+
+    def emit(self, record):
+        line = record.getMessage()
+        if "heckpoint" not in line:
+            return
+        self.lines.append(line)
+        completed = COMPLETED.search(line)
+        if completed and self.on_checkpoint:
+            self.on_checkpoint(int(completed.group(1)))
+
+
+@pytest.fixture(scope="module")
+def flink_job_server():
+    """One Flink job server for the streaming tests, started by Beam's own class as
+    FlinkRunner starts it (each job gets its own embedded Flink); stopped at the end."""
+    log = JobServerLog()
+    logger = logging.getLogger("FlinkJarJobServer")
+    saved = (logger.level, logger.propagate)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # keep Flink's INFO chatter out of the test report
+    logger.addHandler(log)
+    port = free_port()
+    server = FlinkJarJobServer(
+        PipelineOptions([f"--flink_job_server_jar={JAR}", "--flink_master=[local]", f"--job_port={port}"])
+    )
+    server.start()  # returns once the job service answers
+    try:
+        yield f"localhost:{port}", log
+    finally:
+        server.stop()
+        logger.removeHandler(log)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def streaming_args(stream_name, endpoint, out, bad, job_endpoint):
+    return [
+        f"--stream_name={stream_name}",
+        f"--aws_endpoint_url={endpoint}",
+        "--aws_region=us-east-1",
+        "--initial_position=TRIM_HORIZON",
+        "--max_out_of_orderness_secs=10",
+        "--stop_when_idle_secs=5",
+        f"--snapshot_path={out}",
+        f"--dead_letter_path={bad}",
+        "--write_dynamodb",
+        "--create_tables",
+        "--runner=FlinkRunner",
+        "--flink_master=[local]",
+        f"--flink_job_server_jar={JAR}",
+        f"--job_endpoint={job_endpoint}",
+        "--environment_type=LOOPBACK",
+        "--parallelism=2",
+        f"--checkpointing_interval={CHECKPOINT_MS}",
+    ]
+
+
+def checked_options(argv) -> PipelineOptions:
+    """pipeline.main's options plus the runner checks and defaults, as main applies them."""
+    options = parse_options(argv)
+    errors = runners.runner_option_errors(options)
+    assert not errors, errors
+    runners.apply_runner_defaults(options)
+    return options
+
+
+def new_stream(endpoint, name, seed):
+    """A generated stream put on a fresh 2-shard Kinesis stream, and fresh tables (the
+    moto server lives for the whole session)."""
+    stream = simulate(
+        SimulationSettings(seed=seed, players=60, duration_secs=900, max_out_of_orderness_secs=10)
+    )
+    make_stream(endpoint, name, shards=2)
+    put_all(boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1"), name, stream.lines)
+    dynamodb = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+    for table in dynamodb.list_tables()["TableNames"]:
+        dynamodb.delete_table(TableName=table)
+    return stream
+
+
+def read_history(root):
+    history = {}
+    for path in sorted((root / "history" / "levels").glob("*.json")):
+        transitions = root / "history" / "transitions" / path.name
+        history[path.stem] = (json.loads(path.read_text()), json.loads(transitions.read_text()))
+    return history
+
+
+def assert_outputs_equal_model(stream, out, bad, endpoint):
+    """Snapshots window by window, dead letters, DynamoDB totals, every level back at 0."""
+    assert (out / "history" / "levels").is_dir(), "no snapshot yet"
+    assert_history_equals_model(read_history(out), stream.observations, 300, 60)
+    dead = [json.loads(line) for path in bad.rglob("*.jsonl") for line in path.read_text().splitlines()]
+    assert len(dead) == stream.malformed and not [d for d in dead if d["reason"] == "late"]
+    dynamodb = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
+    transitions = dynamodb.scan(TableName="transitions")["Items"]
+    totals = {item["transitionLevels"]["S"]: int(item["count"]["N"]) for item in transitions}
+    assert totals == model_transition_totals(stream.observations)
+    levels = dynamodb.scan(TableName="level-state")["Items"]
+    assert levels and {int(item["playerCount"]["N"]) for item in levels} == {0}
+
+
+def run_until_outputs_match(pipeline, check, deadline_secs=OUTPUT_DEADLINE_SECS) -> float:
+    """Starts the streaming job, waits until `check` passes (twice, 3 s apart, so the
+    outputs have settled), cancels the job; returns the seconds it took. Raises the last
+    mismatch if the deadline passes, or at once if the job fails."""
+    started = time.monotonic()
+    result = pipeline.run()
+    try:
+        while True:
+            state = result.state
+            assert state not in FAILED_STATES, f"the Flink job ended in {state}"
+            try:
+                check()
+                time.sleep(3)
+                check()
+                return time.monotonic() - started
+            except AssertionError:
+                if time.monotonic() - started > deadline_secs:
+                    raise
+                time.sleep(2)
+    finally:
+        result.cancel()
+
+
+def test_bounded_replay_on_flink_matches_the_model(tmp_path, read_snapshot_dir):
+    stream = simulate(SimulationSettings(seed=11, players=80, duration_secs=900))
+    write_lines(str(tmp_path / "events.tsv"), stream.lines)
+    out, bad = tmp_path / "out", tmp_path / "bad"
+
+    started = time.monotonic()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.main",
+            f"--input={tmp_path}/events.tsv",
+            f"--snapshot_path={out}",
+            f"--dead_letter_path={bad}",
+            "--runner=FlinkRunner",
+            "--flink_master=[local]",
+            f"--flink_job_server_jar={JAR}",
+            "--parallelism=2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    print(f"bounded Flink run of {len(stream.lines)} lines took {time.monotonic() - started:.1f} s")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Really starting service" in result.stderr  # it really went through the job server
+
+    assert_history_equals_model(read_snapshot_dir(str(out)), stream.observations, 300, 60)
+    dead = [json.loads(line) for path in bad.rglob("*.jsonl") for line in path.read_text().splitlines()]
+    assert len(dead) == stream.malformed > 0
+
+
+def test_a_stream_run_that_stops_by_itself_ends_on_flink(moto_endpoint, flink_job_server, tmp_path):  # noqa: F811
+    """--stop_when_idle_secs on Flink: the sources are let go (runners.apply_runner_defaults),
+    so the job finishes by itself, with every output the model's."""
+    job_endpoint, _log = flink_job_server
+    stream = new_stream(moto_endpoint, "flink-finite", seed=21)
+    out, bad = tmp_path / "out", tmp_path / "bad"
+    options = checked_options(streaming_args("flink-finite", moto_endpoint, out, bad, job_endpoint))
+
+    started = time.monotonic()
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, options, resume_from=prepare_restart(options))
+    assert pipeline.run().wait_until_finish() == PipelineState.DONE
+    print(
+        f"finite Flink streaming run of {len(stream.lines)} records took {time.monotonic() - started:.1f} s"
+    )
+
+    assert_outputs_equal_model(stream, out, bad, moto_endpoint)
+
+
+def test_stream_on_flink_matches_the_model(moto_endpoint, flink_job_server, tmp_path):  # noqa: F811
+    job_endpoint, log = flink_job_server
+    stream = new_stream(moto_endpoint, "flink-stream", seed=5)
+    out, bad = tmp_path / "out", tmp_path / "bad"
+    options = checked_options(
+        [*streaming_args("flink-stream", moto_endpoint, out, bad, job_endpoint), KEEP_SOURCES_ALIVE]
+    )
+    checkpoints_before = len([line for line in log.lines if COMPLETED.search(line)])
+
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, options, resume_from=prepare_restart(options))
+    took = run_until_outputs_match(
+        pipeline, lambda: assert_outputs_equal_model(stream, out, bad, moto_endpoint)
+    )
+    print(f"Flink streaming run of {len(stream.lines)} records matched the model after {took:.1f} s")
+
+    completed = [line for line in log.lines if COMPLETED.search(line)][checkpoints_before:]
+    assert completed, "no Flink checkpoint completed during the run"
+
+
+class FailOnceAfterACheckpoint(beam.DoFn):
+    """Passes records through. Once the test has seen Flink complete checkpoints after
+    this step saw its first record (the "checkpointed" file), the next record raises,
+    once. Files remember what happened, since the instance that raised is thrown away
+    with the failed task (LOOPBACK: the files and the test are in one process)."""
+
+    def __init__(self, marker_dir):
+        self._seen = os.path.join(marker_dir, "seen")
+        self._checkpointed = os.path.join(marker_dir, "checkpointed")
+        self._failed = os.path.join(marker_dir, "failed")
+
+    def process(self, record):
+        if not os.path.exists(self._seen):
+            open(self._seen, "a").close()
+        elif os.path.exists(self._checkpointed) and create_once(self._failed):
+            raise RuntimeError("injected failure: Flink must restore from its latest checkpoint")
+        yield record
+
+
+def create_once(path) -> bool:
+    """True for the one caller that creates the file."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def test_flink_restores_from_a_checkpoint_after_a_failure(
+    moto_endpoint,  # noqa: F811
+    flink_job_server,
+    tmp_path,
+):
+    job_endpoint, log = flink_job_server
+    stream = new_stream(moto_endpoint, "flink-failure", seed=8)
+    out, bad, markers = tmp_path / "out", tmp_path / "bad", tmp_path / "markers"
+    markers.mkdir()
+    args = streaming_args("flink-failure", moto_endpoint, out, bad, job_endpoint)
+    # Small reads, so the stream is still being read when the failure comes; a fixed
+    # restart strategy, so the test does not depend on Flink's default one.
+    args += [
+        "--max_records=50",
+        "--number_of_execution_retries=3",
+        "--execution_retry_delay=1000",
+        KEEP_SOURCES_ALIVE,
+    ]
+    options = checked_options(args)
+    opts = options.view_as(LevelAnalyticsOptions)
+
+    completed_after_seen = []
+
+    def mark_checkpointed(checkpoint_id):
+        # The second checkpoint completed after the first record was seen was certainly
+        # triggered after it: its state holds reading progress, not just the start.
+        if (markers / "seen").exists():
+            completed_after_seen.append(checkpoint_id)
+            if len(completed_after_seen) == 2:
+                (markers / "checkpointed").touch()
+
+    log.on_checkpoint = mark_checkpointed
+    restores_before = len([line for line in log.lines if RESTORED.search(line)])
+    pipeline = beam.Pipeline(options=options)
+    read = pipeline | "ReadKinesis" >> ReadKinesisRecords(
+        opts.stream_name,
+        opts.aws_region,
+        endpoint_url=opts.aws_endpoint_url,
+        initial_position=opts.initial_position,
+        max_out_of_orderness_secs=opts.max_out_of_orderness_secs,
+        max_records=opts.max_records,
+        stop_when_idle_secs=opts.stop_when_idle_secs,
+    )
+    records = read[ReadKinesisRecords.RECORDS] | "FailOnce" >> beam.ParDo(
+        FailOnceAfterACheckpoint(str(markers))
+    )
+    build_pipeline(pipeline, options, records=records, resume_from=prepare_restart(options))
+    try:
+        took = run_until_outputs_match(
+            pipeline, lambda: assert_outputs_equal_model(stream, out, bad, moto_endpoint)
+        )
+    finally:
+        log.on_checkpoint = None
+    print(f"Flink run with one injected failure matched the model after {took:.1f} s")
+
+    assert (markers / "failed").exists(), "the failure was never injected"
+    restores = [line for line in log.lines if RESTORED.search(line)][restores_before:]
+    assert restores, "Flink did not restore the job from a checkpoint"
+    assert int(RESTORED.search(restores[0]).group(1)) >= completed_after_seen[1]
+    print(restores[0][restores[0].index("Restoring") :])
