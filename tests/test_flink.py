@@ -115,6 +115,10 @@ def streaming_args(stream_name, endpoint, out, bad, job_endpoint):
         f"--dead_letter_path={bad}",
         "--write_dynamodb",
         "--create_tables",
+        # Tables of this test's own: the moto server is shared by the whole session.
+        f"--level_table={stream_name}-levels",
+        f"--transitions_table={stream_name}-transitions",
+        f"--progress_table={stream_name}-progress",
         "--runner=FlinkRunner",
         "--flink_master=[local]",
         f"--flink_job_server_jar={JAR}",
@@ -156,17 +160,17 @@ def read_history(root):
     return history
 
 
-def assert_outputs_equal_model(stream, out, bad, endpoint):
+def assert_outputs_equal_model(stream, out, bad, endpoint, stream_name):
     """Snapshots window by window, dead letters, DynamoDB totals, every level back at 0."""
     assert (out / "history" / "levels").is_dir(), "no snapshot yet"
     assert_history_equals_model(read_history(out), stream.observations, 300, 60)
     dead = [json.loads(line) for path in bad.rglob("*.jsonl") for line in path.read_text().splitlines()]
     assert len(dead) == stream.malformed and not [d for d in dead if d["reason"] == "late"]
     dynamodb = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
-    transitions = dynamodb.scan(TableName="transitions")["Items"]
+    transitions = dynamodb.scan(TableName=f"{stream_name}-transitions")["Items"]
     totals = {item["transitionLevels"]["S"]: int(item["count"]["N"]) for item in transitions}
     assert totals == model_transition_totals(stream.observations)
-    levels = dynamodb.scan(TableName="level-state")["Items"]
+    levels = dynamodb.scan(TableName=f"{stream_name}-levels")["Items"]
     assert levels and {int(item["playerCount"]["N"]) for item in levels} == {0}
 
 
@@ -242,7 +246,7 @@ def test_a_stream_run_that_stops_by_itself_ends_on_flink(moto_endpoint, flink_jo
         f"finite Flink streaming run of {len(stream.lines)} records took {time.monotonic() - started:.1f} s"
     )
 
-    assert_outputs_equal_model(stream, out, bad, moto_endpoint)
+    assert_outputs_equal_model(stream, out, bad, moto_endpoint, "flink-finite")
 
 
 def test_stream_on_flink_matches_the_model(moto_endpoint, flink_job_server, tmp_path):  # noqa: F811
@@ -257,7 +261,7 @@ def test_stream_on_flink_matches_the_model(moto_endpoint, flink_job_server, tmp_
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, options, resume_from=prepare_restart(options))
     took = run_until_outputs_match(
-        pipeline, lambda: assert_outputs_equal_model(stream, out, bad, moto_endpoint)
+        pipeline, lambda: assert_outputs_equal_model(stream, out, bad, moto_endpoint, "flink-stream")
     )
     print(f"Flink streaming run of {len(stream.lines)} records matched the model after {took:.1f} s")
 
@@ -342,7 +346,7 @@ def test_flink_restores_from_a_checkpoint_after_a_failure(
     build_pipeline(pipeline, options, records=records, resume_from=prepare_restart(options))
     try:
         took = run_until_outputs_match(
-            pipeline, lambda: assert_outputs_equal_model(stream, out, bad, moto_endpoint)
+            pipeline, lambda: assert_outputs_equal_model(stream, out, bad, moto_endpoint, "flink-failure")
         )
     finally:
         log.on_checkpoint = None

@@ -49,6 +49,10 @@ def test_stream_from_kinesis_matches_the_model(moto_endpoint, tmp_path, read_sna
             f"--dead_letter_path={bad}",
             "--write_dynamodb",
             "--create_tables",
+            # This test's own tables: the moto server is shared by the whole session.
+            "--level_table=e2e-levels",
+            "--transitions_table=e2e-transitions",
+            "--progress_table=e2e-progress",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -66,12 +70,12 @@ def test_stream_from_kinesis_matches_the_model(moto_endpoint, tmp_path, read_sna
 
     # DynamoDB: the transitions table holds the model's totals, every level is back at 0.
     dynamodb = boto3.client("dynamodb", endpoint_url=moto_endpoint, region_name="us-east-1")
-    transitions = dynamodb.scan(TableName="transitions")["Items"]
+    transitions = dynamodb.scan(TableName="e2e-transitions")["Items"]
     totals = {item["transitionLevels"]["S"]: int(item["count"]["N"]) for item in transitions}
     assert totals == model_transition_totals(stream.observations)
     for item in transitions:
         from_level, to_level = item["transitionLevels"]["S"].split("/")
         assert item.get("levelFrom", {}).get("S") == (from_level or None)
         assert item.get("levelTo", {}).get("S") == (to_level or None)
-    levels = dynamodb.scan(TableName="level-state")["Items"]
+    levels = dynamodb.scan(TableName="e2e-levels")["Items"]
     assert levels and {int(item["playerCount"]["N"]) for item in levels} == {0}

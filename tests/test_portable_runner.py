@@ -90,8 +90,6 @@ def test_stream_through_the_job_api_matches_the_model(
     client = make_stream(moto_endpoint, "portable-good", shards=2)
     put_all(client, "portable-good", stream.lines)
     dynamodb = boto3.client("dynamodb", endpoint_url=moto_endpoint, region_name="us-east-1")
-    for table in dynamodb.list_tables()["TableNames"]:
-        dynamodb.delete_table(TableName=table)  # the moto server is shared by the session
     out, bad = tmp_path / "out", tmp_path / "bad"
 
     run(
@@ -104,6 +102,10 @@ def test_stream_through_the_job_api_matches_the_model(
             f"--dead_letter_path={bad}",
             "--write_dynamodb",
             "--create_tables",
+            # This test's own tables: the moto server is shared by the whole session.
+            "--level_table=portable-levels",
+            "--transitions_table=portable-transitions",
+            "--progress_table=portable-progress",
             *portable_args(job_endpoint),
         ]
     )
@@ -112,10 +114,10 @@ def test_stream_through_the_job_api_matches_the_model(
     assert len(dead_letters(bad)) == stream.malformed
     totals = {
         item["transitionLevels"]["S"]: int(item["count"]["N"])
-        for item in dynamodb.scan(TableName="transitions")["Items"]
+        for item in dynamodb.scan(TableName="portable-transitions")["Items"]
     }
     assert totals == model_transition_totals(stream.observations)
-    levels = dynamodb.scan(TableName="level-state")["Items"]
+    levels = dynamodb.scan(TableName="portable-levels")["Items"]
     assert levels and {int(item["playerCount"]["N"]) for item in levels} == {0}
 
 
