@@ -56,8 +56,8 @@ CHECKPOINT_MS = 1000
 KEEP_SOURCES_ALIVE = "--shutdown_sources_after_idle_ms=9223372036854775807"
 OUTPUT_DEADLINE_SECS = 420  # the machine is shared: a run takes about 2 minutes here
 FAILED_STATES = (PipelineState.FAILED, PipelineState.CANCELLED, PipelineState.STOPPED)
-RESTORED = re.compile(r"Restoring job \w+ from Checkpoint (\d+)")
-COMPLETED = re.compile(r"Completed checkpoint (\d+)")
+RESTORED = re.compile(r"Restoring job (\w+) from Checkpoint (\d+)")
+COMPLETED = re.compile(r"Completed checkpoint (\d+) for job (\w+)")
 
 
 class JobServerLog(logging.Handler):
@@ -67,7 +67,8 @@ class JobServerLog(logging.Handler):
     def __init__(self):
         super().__init__(logging.INFO)
         self.lines = []
-        self.on_checkpoint = None  # callable(checkpoint_id), set by a test
+        self.on_checkpoint = None  # callable(job_id, checkpoint_id), set by a test
+        self.jobs = set()  # every job that completed a checkpoint: the server outlives tests
 
     def emit(self, record):
         line = record.getMessage()
@@ -75,8 +76,10 @@ class JobServerLog(logging.Handler):
             return
         self.lines.append(line)
         completed = COMPLETED.search(line)
-        if completed and self.on_checkpoint:
-            self.on_checkpoint(int(completed.group(1)))
+        if completed:
+            self.jobs.add(completed.group(2))
+            if self.on_checkpoint:
+                self.on_checkpoint(completed.group(2), int(completed.group(1)))
 
 
 @pytest.fixture(scope="module")
@@ -319,11 +322,12 @@ def test_flink_restores_from_a_checkpoint_after_a_failure(
     opts = options.view_as(LevelAnalyticsOptions)
 
     completed_after_seen = []
+    earlier_jobs = set(log.jobs)  # jobs of earlier tests may still be checkpointing
 
-    def mark_checkpointed(checkpoint_id):
+    def mark_checkpointed(job_id, checkpoint_id):
         # The second checkpoint completed after the first record was seen was certainly
         # triggered after it: its state holds reading progress, not just the start.
-        if (markers / "seen").exists():
+        if job_id not in earlier_jobs and (markers / "seen").exists():
             completed_after_seen.append(checkpoint_id)
             if len(completed_after_seen) == 2:
                 (markers / "checkpointed").touch()
@@ -355,5 +359,5 @@ def test_flink_restores_from_a_checkpoint_after_a_failure(
     assert (markers / "failed").exists(), "the failure was never injected"
     restores = [line for line in log.lines if RESTORED.search(line)][restores_before:]
     assert restores, "Flink did not restore the job from a checkpoint"
-    assert int(RESTORED.search(restores[0]).group(1)) >= completed_after_seen[1]
+    assert int(RESTORED.search(restores[0]).group(2)) >= completed_after_seen[1]
     print(restores[0][restores[0].index("Restoring") :])
