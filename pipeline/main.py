@@ -59,6 +59,7 @@ def build_pipeline(
             max_records=opts.max_records,
             stop_when_idle_secs=opts.stop_when_idle_secs,
             stop_when_caught_up=opts.stop_when_caught_up,
+            drain_backlog=is_local_runner(options),
             event_time_field=opts.event_time_field,
         )
         records = read[ReadKinesisRecords.RECORDS]
@@ -108,6 +109,13 @@ def build_pipeline(
             final_before=frontiers,
         )
     return PipelineOutputs(transitions, interval_sums, snapshots, counter_updates, dead_letters)
+
+
+def is_local_runner(options: PipelineOptions) -> bool:
+    """Beam's in-process runners, whose watermark only moves when a source ends."""
+    runner = options.view_as(StandardOptions).runner or DEFAULT_RUNNER
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    return name.rsplit(".", 1)[-1] in ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner")
 
 
 def snapshot_is_final(snapshot, frontiers) -> bool:

@@ -59,6 +59,15 @@ watermark it had reached: only what comes before it is final. A run of this kind
 one segment of a live pipeline on a runner without live watermarks (see
 pipeline/main.py); the next segment resumes from the committed checkpoint.
 
+`drain_backlog` (set by pipeline.main on the local runner): the first process() call
+reads every shard up to its tip before returning, so the backlog leaves as one bundle.
+The FnApiRunner hands a stateful stage the bundles of an ended source one after the
+other and fires timers already due (the watermark is +infinity by then) in between: a
+player's records from a later bundle would come after their timer had applied later
+ones, and be late. Measured: 1,000 players, 20k records over 2 shards, 1,000 records
+per call: 22 records late and wrong counts; drained: equal to the bounded run. Flink
+keeps real watermarks and reads in small steps.
+
 Not handled: KPL-aggregated records are emitted as they are (not de-aggregated).
 """
 
@@ -447,11 +456,14 @@ class _ReadShardsFn(beam.DoFn):
         tracker=beam.DoFn.RestrictionParam(_KinesisRestrictionProvider()),
         watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),
     ):
-        for cursor in tracker.current_restriction().cursors:
-            claimed = yield from self._poll_shard(root, cursor, tracker, watermark.current_watermark())
-            if not claimed:
-                return  # the runner checkpointed under us: the residual is already set
-        restriction = tracker.current_restriction()
+        while True:
+            for cursor in tracker.current_restriction().cursors:
+                claimed = yield from self._poll_shard(root, cursor, tracker, watermark.current_watermark())
+                if not claimed:
+                    return  # the runner checkpointed under us: the residual is already set
+            restriction = tracker.current_restriction()
+            if not self._s["drain_backlog"] or all(c.reached_tip for c in restriction.cursors):
+                break
         now_ms = _now_ms()
         mark = restriction_watermark_ms(
             restriction, now_ms, self._s["out_of_orderness_ms"], self._s["idle_shard_ms"]
@@ -619,6 +631,7 @@ class ReadKinesisRecords(beam.PTransform):
         max_records=1000,
         stop_when_idle_secs=None,
         stop_when_caught_up=False,
+        drain_backlog=False,
         event_time_field=DEFAULT_EVENT_TIME_FIELD,
         poll_interval_secs=0.2,
         client_factory=None,
@@ -634,6 +647,7 @@ class ReadKinesisRecords(beam.PTransform):
             "max_records": max(1, min(MAX_RECORDS_LIMIT, int(max_records))),
             "stop_when_idle_ms": None if stop_when_idle_secs is None else int(stop_when_idle_secs * 1000),
             "stop_when_caught_up": bool(stop_when_caught_up),
+            "drain_backlog": bool(drain_backlog),
             "event_time_field": event_time_field,
             "poll_interval_secs": max(MIN_POLL_INTERVAL_SECS, float(poll_interval_secs)),
         }
