@@ -28,7 +28,9 @@ def put_all(client, stream_name, lines):
 
 
 def test_stream_from_kinesis_matches_the_model(moto_endpoint, tmp_path, read_snapshot_dir):  # noqa: F811
-    stream = simulate(SimulationSettings(seed=5, players=300, duration_secs=300, max_out_of_orderness_secs=10))
+    stream = simulate(
+        SimulationSettings(seed=5, players=300, duration_secs=300, max_out_of_orderness_secs=10)
+    )
     client = make_stream(moto_endpoint, "enriched-good", shards=2)
     put_all(client, "enriched-good", stream.lines)
     out, bad = tmp_path / "out", tmp_path / "bad"
