@@ -119,8 +119,12 @@ def test_ctrl_c_stops_everything_cleanly(tmp_path):
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=60)
     finally:
-        if process.poll() is None:
-            process.kill()
+        if process.poll() is None:  # an assertion failed first: stop it the clean way
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
     assert process.returncode == 0, err[-2000:]
     assert out.strip().splitlines()[-1].startswith("stopped:"), out[-1000:]
     assert "Traceback" not in out + err
