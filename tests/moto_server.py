@@ -7,12 +7,13 @@ set in os.environ; the server stops at the end of the session.
 """
 
 import os
-import socket
 import time
 
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
+
+from pipeline.run_local import free_port
 
 REGION = "us-east-1"
 DUMMY_ENVIRONMENT = {
@@ -20,12 +21,6 @@ DUMMY_ENVIRONMENT = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_DEFAULT_REGION": REGION,
 }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
