@@ -9,6 +9,8 @@ INSTALL_REQUIRES = [
     "boto3==1.44.8",
     "botocore==1.44.8",
     "moto[server]==5.2.5",  # the embedded AWS of `make run` (and of the tests)
+    "aiohttp==3.14.5",  # the dashboard's web server (pipeline.apps.dashboard), SSE included
+    "plotly==7.1.0",  # only for the plotly.js it bundles, served by the dashboard (no CDN)
 ]
 
 TEST_REQUIRES = [
@@ -16,6 +18,8 @@ TEST_REQUIRES = [
     "pytest-timeout==2.4.0",
     "hypothesis==6.170.17",
     "ruff==0.17.6",
+    # 4.51.0: 4.52.0 needs a certifi newer than the registry serves
+    "selenium==4.51.0",  # the dashboard's browser test, driving Debian's chromium + chromedriver
 ]
 
 setup(
@@ -24,7 +28,7 @@ setup(
     description="Real-time level and transition counts from Snowplow enriched events, on Apache Beam.",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["pipeline", "pipeline.*"]),
-    package_data={"pipeline": ["data/*.json"]},
+    package_data={"pipeline": ["data/*.json"], "pipeline.apps.dashboard": ["static/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
 )
