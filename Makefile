@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install test lint format run backfill bench flink-jar test-flink run-flink clean
+.PHONY: help install prism test lint format run dashboard backfill bench flink-jar test-flink run-flink clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -16,11 +16,24 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP) ## create .venv with the pipeline and its test tools (from PyPI only)
+install: $(STAMP) prism ## create .venv with the pipeline and its test tools (PyPI), and build Prism (Go)
 
-test: $(STAMP) ## run the whole test suite (Flink's included: it builds the Flink jar first, if Maven can)
+# Prism, Beam's local streaming engine, at the pinned Beam version, built with Go from the
+# Go module proxy (about 3 minutes, once; cached outside the repository).
+BEAM_VERSION := $(shell sed -n 's/.*"apache-beam\[aws\]==\([0-9.]*\)".*/\1/p' setup.py)
+PRISM ?= $(or $(PRISM_LOCATION),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/level-analytics/prism-$(BEAM_VERSION)/prism)
+
+prism: $(PRISM) ## build Prism, Beam's streaming engine, with Go (once; cached under ~/.cache)
+
+$(PRISM):
+	@command -v go >/dev/null || { echo "Go is needed to build Prism (https://go.dev/doc/install); or pass --prism_location to pipeline.main (Beam's release download, where github.com is reachable)"; exit 1; }
+	mkdir -p $(dir $(PRISM))
+	cd $(dir $(PRISM)) && GOBIN=$(abspath $(dir $(PRISM))) go install github.com/apache/beam/sdks/v2/go/cmd/prism@v$(BEAM_VERSION)
+
+test: install ## run the whole test suite (Flink's and the browser's included: it builds the Flink jar and installs Chromium first, where it can)
 	-@$(MAKE) --no-print-directory flink-jar
-	FLINK_JOB_SERVER_JAR=$(FLINK_JAR) $(PY) -m pytest -q -rs
+	-@bash .ci/install-browser
+	FLINK_JOB_SERVER_JAR=$(FLINK_JAR) PRISM_LOCATION=$(PRISM) $(PY) -m pytest -q -rs
 
 lint: $(STAMP) ## ruff: lint and formatting check
 	$(PY) -m ruff check pipeline tests bench
@@ -42,9 +55,13 @@ MINUTES ?= 60
 SHARDS ?= 2
 RUN_FLAGS ?=
 
-run: $(STAMP) ## the whole system locally: embedded AWS (moto), live simulator, pipeline, live view (Ctrl-C stops)
-	$(PY) -m pipeline.run_local --players $(PLAYERS) --event_gap_secs $(EVENT_GAP) --timeout_secs $(TIMEOUT) \
+run: install ## the whole system locally: embedded AWS (moto), live simulator, pipeline on Prism, dashboard, live view (Ctrl-C stops)
+	PRISM_LOCATION=$(PRISM) $(PY) -m pipeline.run_local --players $(PLAYERS) --event_gap_secs $(EVENT_GAP) --timeout_secs $(TIMEOUT) \
 		--window_secs $(WINDOW) --minutes $(MINUTES) --shards $(SHARDS) $(RUN_FLAGS)
+
+# make dashboard SNAPSHOTS=s3://bucket/snapshots [ENDPOINT=http://127.0.0.1:PORT]
+dashboard: $(STAMP) ## the web dashboard of what a pipeline published (SNAPSHOTS=..., ENDPOINT=...)
+	$(PY) -m pipeline.apps.dashboard --snapshot_path $(SNAPSHOTS) $(if $(ENDPOINT),--aws_endpoint_url $(ENDPOINT)) $(DASHBOARD_FLAGS)
 
 backfill: $(STAMP) ## bounded replay: simulate 30 minutes of 300 players to a file, run the pipeline over it into out/
 	$(PY) -m pipeline.simulate --seed 7 --players 300 --minutes 30 --out out/events.tsv
@@ -61,11 +78,11 @@ $(FLINK_JAR): flink/pom.xml
 	mkdir -p $(dir $(FLINK_JAR))
 	cp flink/target/beam-flink-job-server.jar $(FLINK_JAR)
 
-test-flink: $(STAMP) ## only the Flink and portable-runner tests: embedded Flink, checkpoints, recovery (~5 min)
+test-flink: install ## only the Flink and portable-runner tests: embedded Flink, checkpoints, recovery (~5 min)
 	-@$(MAKE) --no-print-directory flink-jar
 	FLINK_JOB_SERVER_JAR=$(FLINK_JAR) $(PY) -m pytest -q -rs tests/test_flink.py tests/test_portable_runner.py
 
-run-flink: $(STAMP) flink-jar ## `make run` with one pipeline on an embedded Flink (checkpoints on) instead of segments
+run-flink: $(STAMP) flink-jar ## `make run` with the pipeline on an embedded Flink (checkpoints on) instead of Prism
 	$(PY) -m pipeline.run_local --players $(PLAYERS) --event_gap_secs $(EVENT_GAP) --timeout_secs $(TIMEOUT) \
 		--window_secs $(WINDOW) --minutes $(MINUTES) --shards $(SHARDS) $(RUN_FLAGS) \
 		--runner FlinkRunner --flink_master '[local]' --flink_job_server_jar $(FLINK_JAR) --parallelism 2

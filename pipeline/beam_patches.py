@@ -26,3 +26,13 @@ def _deep_size_without_module_walk(*objs) -> int:
 def size_state_cheaply() -> None:
     """Idempotent; called from the stateful DoFns' setup(), i.e. in every SDK worker."""
     statecache.get_deep_size = _deep_size_without_module_walk
+
+
+def fresh_metrics(pipeline_result):
+    """The job's metrics as of now. A portable runner's result (Prism, Flink) caches the
+    first answer of `metrics()` for good (PipelineResult.metrics in Beam's
+    portable_runner.py), which suits a finished job, not one that runs forever; there is
+    no public way to ask again, so the cache is dropped first."""
+    if hasattr(pipeline_result, "_metrics"):
+        pipeline_result._metrics = None
+    return pipeline_result.metrics()

@@ -10,7 +10,8 @@ and the transitions before t:
 - a `CounterUpdate` per instant with the keys whose value changed (for DynamoDB),
 - a `Snapshot` per window end (for S3), quiet windows included,
 - a `Checkpoint` per window end: the whole ledger, from which a restarted pipeline
-  resumes without counting anything twice.
+  resumes without counting anything twice (written last, once everything up to its
+  instant is published: see pipeline.sinks.commit).
 """
 
 from typing import Iterable, NamedTuple
@@ -40,8 +41,6 @@ class CounterUpdate(NamedTuple):
     as_of_ms: int
     levels: tuple[tuple[str, int], ...]  # players(L, as_of); 0 when the level emptied
     transition_totals: tuple[tuple[str, int], ...]  # transitions before as_of, since the first run
-    checkpoint: Checkpoint | None = None  # at window ends, written after the values
-    snapshot: Snapshot | None = None  # at window ends: its window's, published before the checkpoint
 
 
 class Ledger(NamedTuple):
@@ -64,6 +63,7 @@ class LedgerStep(NamedTuple):
     ledger: Ledger
     updates: list[CounterUpdate]
     snapshots: list[Snapshot]
+    checkpoints: list[Checkpoint]
     later: list[IntervalSum]  # sums of instants not closed yet
     already_applied: list[IntervalSum]  # sums of instants closed before (a replay)
 
@@ -76,7 +76,7 @@ def advance_ledger(
     next_instant = ledger.next_instant_ms
     if next_instant is None:
         if not sums:
-            return LedgerStep(ledger, [], [], [], [])
+            return LedgerStep(ledger, [], [], [], [], [])
         next_instant = min(s.interval_end_ms for s in sums)
     already = [s for s in sums if s.interval_end_ms < next_instant]
     later = [s for s in sums if s.interval_end_ms > until_ms]
@@ -88,7 +88,7 @@ def advance_ledger(
     levels = dict(ledger.levels)
     totals = dict(ledger.transition_totals)
     in_window = dict(ledger.window_transitions)
-    updates, snapshots = [], []
+    updates, snapshots, checkpoints = [], [], []
     instant = next_instant
     last_change = ledger.last_change_ms
     while instant <= until_ms:
@@ -108,27 +108,24 @@ def advance_ledger(
                 changed_totals[s.key] = totals.get(s.key, 0) + s.total
                 totals[s.key] = changed_totals[s.key]
                 in_window[s.key] = in_window.get(s.key, 0) + s.total
-        is_window_end = instant % window_ms == 0
-        checkpoint = snapshot = None
-        if is_window_end:
-            snapshot = Snapshot(
-                instant - window_ms,
-                instant,
-                tuple(sorted((k, n) for k, n in levels.items() if n > 0)),
-                tuple(sorted((k, n) for k, n in in_window.items() if n > 0)),
-            )
-            snapshots.append(snapshot)
-            in_window = {}
-            checkpoint = Checkpoint(instant, tuple(sorted(levels.items())), tuple(sorted(totals.items())))
-        if changed_levels or changed_totals or checkpoint:
+        if changed_levels or changed_totals:
             updates.append(
                 CounterUpdate(
-                    instant,
-                    tuple(sorted(changed_levels.items())),
-                    tuple(sorted(changed_totals.items())),
-                    checkpoint,
-                    snapshot,
+                    instant, tuple(sorted(changed_levels.items())), tuple(sorted(changed_totals.items()))
                 )
+            )
+        if instant % window_ms == 0:  # a window end
+            snapshots.append(
+                Snapshot(
+                    instant - window_ms,
+                    instant,
+                    tuple(sorted((k, n) for k, n in levels.items() if n > 0)),
+                    tuple(sorted((k, n) for k, n in in_window.items() if n > 0)),
+                )
+            )
+            in_window = {}
+            checkpoints.append(
+                Checkpoint(instant, tuple(sorted(levels.items())), tuple(sorted(totals.items())))
             )
         instant += update_ms
     new_ledger = Ledger(
@@ -138,7 +135,7 @@ def advance_ledger(
         instant,
         last_change,
     )
-    return LedgerStep(new_ledger, updates, snapshots, later, already)
+    return LedgerStep(new_ledger, updates, snapshots, checkpoints, later, already)
 
 
 def is_stale(ledger: Ledger, stale_after_ms: int | None) -> bool:

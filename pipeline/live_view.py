@@ -9,9 +9,11 @@ here is a number that really landed. Sources:
 
 - players per level: the level table (levelId, playerCount, asOf, updatedAt);
 - the last window's transitions: {snapshot_path}/transition_information.json;
-- events/s, dead letters, DynamoDB writes and throttles: {snapshot_path}/pipeline_status.json,
-  written by the pipeline at the end of each run segment;
-- watermark lag: now - asOf of the checkpoint in the progress table.
+- events/s (the stream's and the pipeline's), dead letters, DynamoDB writes and throttles,
+  how far the pipeline has closed: {snapshot_path}/pipeline_status.json, rewritten by the
+  running pipeline every few seconds;
+- lag: now - the latest update instant the pipeline closed (event time), from the
+  status; committed: asOf of the checkpoint in the progress table.
 
 Anything not there yet is shown as "—"; when nothing at all is there, a "waiting for
 the pipeline…" frame. AWS and read errors are shown in the frame, one line each.
@@ -62,6 +64,7 @@ class ViewState(NamedTuple):
     status: dict | None  # pipeline_status.json
     committed_ms: int | None  # asOf of the checkpoint in the progress table
     errors: tuple[str, ...] = ()  # one line per source that failed
+    window_published_ms: int | None = None  # when transition_information.json was last written
 
 
 # --- pure helpers -----------------------------------------------------------------------
@@ -150,16 +153,29 @@ def top_transitions(state: ViewState, limit: int = TOP_TRANSITIONS) -> list[tupl
     return sorted(labelled, key=lambda pair: (-pair[1], pair[0]))[:limit]
 
 
-def events_per_second(status: dict | None) -> float | None:
-    """records_read over the run segment's wall-clock length."""
-    if not isinstance(status, dict):
+def _rate(status: dict | None, key: str) -> float | None:
+    value = (status or {}).get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    records = _count(status.get("records_read"))
-    started = parse_iso_ms(status.get("run_started"))
-    finished = parse_iso_ms(status.get("run_finished"))
-    if records is None or started is None or finished is None or finished <= started:
-        return None
-    return records / ((finished - started) / 1000)
+    return float(value)
+
+
+def stream_rate(status: dict | None) -> float | None:
+    """Records per second arriving in the stream (over what the pipeline read lately)."""
+    return _rate(status, "stream_records_per_sec")
+
+
+def pipeline_rate(status: dict | None) -> float | None:
+    """Records per second the pipeline read lately (higher than the stream's when catching up)."""
+    return _rate(status, "pipeline_records_per_sec")
+
+
+def _or_duration(ms: int | None) -> str:
+    return DASH if ms is None else format_duration(ms)
+
+
+def _format_rate(rate: float | None) -> str:
+    return DASH if rate is None else f"{rate:.1f}"
 
 
 def dead_letters(status: dict | None) -> dict[str, int] | None:
@@ -173,9 +189,27 @@ def _status_count(status: dict | None, key: str) -> int | None:
     return _count((status or {}).get(key))
 
 
+def closed_until_ms(state: ViewState) -> int | None:
+    """The latest update instant the pipeline closed: from its status or the newest asOf
+    in the level table, whichever is newer (the table is read more often)."""
+    found = [parse_iso_ms((state.status or {}).get("closed_until"))]
+    found += [i.as_of_ms for i in state.levels or ()]
+    found = [ms for ms in found if ms is not None]
+    return max(found) if found else None
+
+
+def window_lag_ms(state: ViewState) -> int | None:
+    """How long after its end the last window was published (to the second: S3 times)."""
+    end = parse_iso_ms(window_end(state))
+    if end is None or state.window_published_ms is None:
+        return None
+    return state.window_published_ms - end
+
+
 def lag_ms(state: ViewState, now_ms: int) -> int | None:
-    """Watermark lag: how far the committed checkpoint is behind now."""
-    return None if state.committed_ms is None else now_ms - state.committed_ms
+    """How far behind now the pipeline's counts are (event time)."""
+    closed = closed_until_ms(state)
+    return None if closed is None else now_ms - closed
 
 
 def _errors_suffix(state: ViewState) -> str:
@@ -187,15 +221,14 @@ def _errors_suffix(state: ViewState) -> str:
 
 def status_line(state: ViewState, now_ms: int) -> str:
     """One line for logs and CI (--no-tty), e.g.
-    2026-11-27T16:05:00Z players=123 top=a:17,b:9,c:4,… transitions=45 events/s=31.2 lag=12s
-    dead_letters=3 ddb_writes=120 throttles=0"""
+    2026-11-27T16:05:00Z players=123 top=a:17,b:9,c:4,… transitions=45 stream/s=31.2
+    pipeline/s=31.0 lag=7s dead_letters=3 ddb_writes=120 throttles=0"""
     if not is_published(state):
         return WAITING + _errors_suffix(state)
     levels = busiest_first(state.levels)
     top = ",".join(f"{item.level}:{item.players}" for item in levels[:TOP_LEVELS_IN_LINE])
     if len(levels) > TOP_LEVELS_IN_LINE:
         top += ",…"
-    rate = events_per_second(state.status)
     lag = lag_ms(state, now_ms)
     reasons = dead_letters(state.status)
     fields = [
@@ -203,7 +236,9 @@ def status_line(state: ViewState, now_ms: int) -> str:
         f"players={_or_dash(total_players(state))}",
         f"top={top or DASH}",
         f"transitions={_or_dash(transitions_in_window(state))}",
-        f"events/s={DASH if rate is None else f'{rate:.1f}'}",
+        f"published_after={_or_duration(window_lag_ms(state))}",
+        f"stream/s={_format_rate(stream_rate(state.status))}",
+        f"pipeline/s={_format_rate(pipeline_rate(state.status))}",
         f"lag={DASH if lag is None else format_duration(lag)}",
         f"dead_letters={DASH if reasons is None else sum(reasons.values())}",
         f"ddb_writes={_or_dash(_status_count(state.status, 'dynamodb_writes'))}",
@@ -249,7 +284,6 @@ def _transition_lines(state: ViewState, width: int) -> list[str]:
 
 def _pipeline_lines(state: ViewState, now_ms: int) -> list[str]:
     status = state.status
-    rate = events_per_second(status)
     lag = lag_ms(state, now_ms)
     reasons = dead_letters(status)
     if reasons is None:
@@ -260,24 +294,31 @@ def _pipeline_lines(state: ViewState, now_ms: int) -> list[str]:
             letters += " (" + ", ".join(f"{reason} {n}" for reason, n in reasons.items()) + ")"
     committed = DASH if state.committed_ms is None else iso_utc(state.committed_ms)
     run = status or {}
+    behind = _status_count(status, "behind_latest_ms")
     return [
-        f"events/s {DASH if rate is None else f'{rate:.1f}'}"
-        f"   watermark lag {DASH if lag is None else format_duration(lag)} (committed until {committed})",
+        f"events/s: stream {_format_rate(stream_rate(status))}, pipeline {_format_rate(pipeline_rate(status))}"
+        f"   behind the stream {DASH if behind is None else format_duration(behind)}",
+        f"lag {DASH if lag is None else format_duration(lag)}"
+        f" (counts as of {_or_dash(run.get('closed_until'))}, committed until {committed})",
         f"dead letters {letters}",
         f"dynamodb writes {_or_dash(_status_count(status, 'dynamodb_writes'))}"
         f"   throttles {_or_dash(_status_count(status, 'dynamodb_retries'))}"
         f"   rejected repeats {_or_dash(_status_count(status, 'dynamodb_rejected_repeats'))}"
         f"   s3 puts {_or_dash(_status_count(status, 's3_puts'))}",
-        f"last run segment {_or_dash(run.get('run_started'))} to {_or_dash(run.get('run_finished'))}"
-        f"   records {_or_dash(_status_count(status, 'records_read'))}",
+        f"pipeline {_or_dash(run.get('state'))} on {_or_dash(run.get('engine'))} since "
+        f"{_or_dash(run.get('run_started'))}   records read {_or_dash(_status_count(status, 'records_read'))}"
+        f"   status of {_or_dash(run.get('status_time'))}",
     ]
 
 
-def render_frame(state: ViewState, width: int, now_ms: int, height: int | None = None) -> str:
+def render_frame(
+    state: ViewState, width: int, now_ms: int, height: int | None = None, dashboard_url: str | None = None
+) -> str:
     """The whole screen as text, every line at most `width` long. With `height`, the
     level list is cut so the frame fits."""
     width = max(20, width)
-    header = [f"level analytics: live view   {iso_utc(now_ms - now_ms % 1000)}", ""]
+    title = f"level analytics: live view   {iso_utc(now_ms - now_ms % 1000)}"
+    header = [title + (f"   dashboard {dashboard_url}" if dashboard_url else ""), ""]
     errors = [f"error: {message}" for message in state.errors]
     if not is_published(state):
         return "\n".join(_fit(line, width) for line in [*header, WAITING, *errors]) + "\n"
@@ -289,6 +330,9 @@ def render_frame(state: ViewState, width: int, now_ms: int, height: int | None =
     window = f"window ending {window_end(state) or DASH}" + (
         f" ({interval} s)" if isinstance(interval, int) else ""
     )
+    window_lag = window_lag_ms(state)
+    if window_lag is not None:
+        window += f", published {format_duration(window_lag)} after its end"
     before_levels = [*header, f"players per level{as_of}"]
     after_levels = [
         f"total players: {_or_dash(total_players(state))}",
@@ -355,24 +399,31 @@ def object_path(snapshot_path: str, name: str) -> str:
 def read_json_object(path: str, s3_client) -> dict | None:
     """A JSON object from a file or s3://bucket/key; None when it does not exist (yet).
     A missing bucket is an error, not "yet": the pipeline does not create buckets."""
+    found = read_json_object_with_time(path, s3_client)
+    return None if found is None else found[0]
+
+
+def read_json_object_with_time(path: str, s3_client) -> tuple[dict, int] | None:
+    """(the object, when it was last written in epoch ms), or None when it does not exist."""
     if path.startswith("s3://"):
         bucket, _, key = path[len("s3://") :].partition("/")
         try:
-            body = s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+            response = s3_client.get_object(Bucket=bucket, Key=key)
         except ClientError as error:
             if _error_code(error) in ("NoSuchKey", "404"):
                 return None
             raise
+        body, modified_ms = response["Body"].read(), int(response["LastModified"].timestamp() * 1000)
     else:
         try:
             with open(path, "rb") as handle:
-                body = handle.read()
+                body, modified_ms = handle.read(), int(os.fstat(handle.fileno()).st_mtime * 1000)
         except FileNotFoundError:
             return None
     value = json.loads(body)
     if not isinstance(value, dict):
         raise ValueError("not a JSON object")
-    return value
+    return value, modified_ms
 
 
 _READ_ERRORS = (ClientError, BotoCoreError, OSError, ValueError)
@@ -401,13 +452,14 @@ def read_state(
 
     levels = attempt(level_table, lambda: read_levels(dynamodb, level_table))
     committed_ms = attempt(progress_table, lambda: read_progress(dynamodb, progress_table))
-    transition_info = status = None
+    transition_info = status = published_ms = None
     if snapshot_path:
         transitions_path = object_path(snapshot_path, TRANSITIONS_LATEST)
         status_path = object_path(snapshot_path, STATUS_OBJECT)
-        transition_info = attempt(transitions_path, lambda: read_json_object(transitions_path, s3))
+        found = attempt(transitions_path, lambda: read_json_object_with_time(transitions_path, s3))
+        transition_info, published_ms = found or (None, None)
         status = attempt(status_path, lambda: read_json_object(status_path, s3))
-    return ViewState(levels, transition_info, status, committed_ms, tuple(errors))
+    return ViewState(levels, transition_info, status, committed_ms, tuple(errors), published_ms)
 
 
 # --- command line -----------------------------------------------------------------------
@@ -446,6 +498,11 @@ def parse_args(argv) -> argparse.Namespace:
         "--progress_table", default="level-analytics-progress", help="Default: level-analytics-progress."
     )
     parser.add_argument("--refresh_secs", type=_positive, default=2.0, help="Default: 2.")
+    parser.add_argument(
+        "--dashboard_url",
+        default=None,
+        help="Shown in the header, where the web dashboard is. Default: none.",
+    )
     parser.add_argument(
         "--no-tty",
         dest="no_tty",
@@ -492,7 +549,9 @@ def run(args: argparse.Namespace, out=sys.stdout) -> None:
                 last_key = key
         else:
             size = shutil.get_terminal_size()
-            frame = render_frame(state, size.columns, now_ms, height=size.lines)
+            frame = render_frame(
+                state, size.columns, now_ms, height=size.lines, dashboard_url=args.dashboard_url
+            )
             out.write(frame if args.once else CLEAR_SCREEN + frame)
             out.flush()
         if args.once:

@@ -5,20 +5,27 @@ python -m pipeline.main --input 'events/*.tsv' --snapshot_path out/
 
 import logging
 import sys
-import time
+import threading
 from typing import NamedTuple
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, S3Options, StandardOptions
+from apache_beam.runners.runner import PipelineState
 
 from pipeline.ledger import Checkpoint
 from pipeline.options import LevelAnalyticsOptions, unknown_flags
-from pipeline.run_status import STATUS_OBJECT, counter_totals, run_status, status_bytes
-from pipeline.runners import apply_runner_defaults, runner_option_errors  # also declares the Flink flags
-from pipeline.sinks.dead_letters import WriteDeadLetters
-from pipeline.sinks.dynamodb import WriteCounterUpdates, create_tables, default_client, read_checkpoint
-from pipeline.sinks.snapshots import WriteSnapshots, join_path, write_object
+from pipeline.run_status import STATUS_OBJECT, RunStatus
+from pipeline.runners import (  # also declares the Flink flags
+    apply_runner_defaults,
+    choose_engine,
+    engine_errors,
+    runner_name,
+    runner_option_errors,
+)
+from pipeline.sinks.dynamodb import create_tables, default_client, read_checkpoint
+from pipeline.sinks.publish import PublishOutputs
+from pipeline.sinks.snapshots import join_path, write_object
 from pipeline.snapshots import iso_utc
 from pipeline.sources.files import ReadEnrichedFiles
 from pipeline.sources.kinesis import ReadKinesisRecords
@@ -26,7 +33,7 @@ from pipeline.transforms.count import CountPerInterval, KeepLedger
 from pipeline.transforms.parse import ParseEnrichedEvents
 from pipeline.transforms.track import TrackPlayerLevels
 
-DEFAULT_RUNNER = "FnApiRunner"  # the DirectRunner's engine, named so no Prism lookup happens
+_LOG = logging.getLogger(__name__)
 
 
 class PipelineOutputs(NamedTuple):
@@ -34,6 +41,7 @@ class PipelineOutputs(NamedTuple):
     interval_sums: beam.PCollection
     snapshots: beam.PCollection
     counter_updates: beam.PCollection
+    checkpoints: beam.PCollection
     dead_letters: beam.PCollection
 
 
@@ -47,7 +55,6 @@ def build_pipeline(
     `resume_from` is the committed checkpoint a restarted pipeline continues from."""
     opts = options.view_as(LevelAnalyticsOptions)
     source_dead_letters = []
-    frontiers = None  # a segment run's FRONTIER: only what comes before it is final
     if records is None and opts.stream_name:
         read = pipeline | "ReadKinesis" >> ReadKinesisRecords(
             opts.stream_name,
@@ -58,14 +65,10 @@ def build_pipeline(
             idle_shard_secs=opts.idle_shard_secs,
             max_records=opts.max_records,
             stop_when_idle_secs=opts.stop_when_idle_secs,
-            stop_when_caught_up=opts.stop_when_caught_up,
-            drain_backlog=is_local_runner(options),
             event_time_field=opts.event_time_field,
         )
         records = read[ReadKinesisRecords.RECORDS]
         source_dead_letters.append(read[ReadKinesisRecords.LATE])
-        if opts.stop_when_caught_up:
-            frontiers = read[ReadKinesisRecords.FRONTIER]
     elif records is None:
         records = pipeline | "ReadInput" >> ReadEnrichedFiles(opts.input)
     parsed = records | "ParseEvents" >> ParseEnrichedEvents(opts.event_time_field)
@@ -77,53 +80,41 @@ def build_pipeline(
     ledger = interval_sums | "KeepLedger" >> KeepLedger(
         opts.update_secs, opts.window_secs, resume_from, opts.timeout_secs
     )
-    snapshots = ledger[KeepLedger.SNAPSHOTS]
-    counter_updates = ledger[KeepLedger.UPDATES]
-    if frontiers is not None:
-        final = beam.pvalue.AsList(frontiers)
-        snapshots = snapshots | "FinalSnapshots" >> beam.Filter(snapshot_is_final, final)
-        counter_updates = counter_updates | "FinalUpdates" >> beam.Filter(update_is_final, final)
     dead_letters = (
         parsed[ParseEnrichedEvents.DEAD_LETTERS],
         tracked[TrackPlayerLevels.LATE],
         *source_dead_letters,
     ) | "AllDeadLetters" >> beam.Flatten()
-
-    if opts.snapshot_path and not opts.write_dynamodb:
-        snapshots | "WriteSnapshots" >> WriteSnapshots(opts.snapshot_path, opts.window_secs)
-    if opts.write_dynamodb:  # publishes the snapshots too, each before its checkpoint
-        counter_updates | "WriteDynamoDB" >> WriteCounterUpdates(
-            opts.aws_region,
-            endpoint_url=opts.aws_endpoint_url,
-            level_table=opts.level_table,
-            transitions_table=opts.transitions_table,
-            progress_table=opts.progress_table,
-            snapshot_path=opts.snapshot_path,
-            window_secs=opts.window_secs,
-        )
-    if opts.dead_letter_path:
-        dead_letters | "WriteDeadLetters" >> WriteDeadLetters(
-            opts.dead_letter_path,
-            opts.window_secs,
-            after_ms=None if resume_from is None else resume_from.as_of_ms,
-            final_before=frontiers,
-        )
-    return PipelineOutputs(transitions, interval_sums, snapshots, counter_updates, dead_letters)
-
-
-def is_local_runner(options: PipelineOptions) -> bool:
-    """Beam's in-process runners, whose watermark only moves when a source ends."""
-    runner = options.view_as(StandardOptions).runner or DEFAULT_RUNNER
-    name = runner if isinstance(runner, str) else type(runner).__name__
-    return name.rsplit(".", 1)[-1] in ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner")
-
-
-def snapshot_is_final(snapshot, frontiers) -> bool:
-    return bool(frontiers) and snapshot.window_end_ms <= min(frontiers)
-
-
-def update_is_final(update, frontiers) -> bool:
-    return bool(frontiers) and update.as_of_ms <= min(frontiers)
+    outputs = PipelineOutputs(
+        transitions,
+        interval_sums,
+        ledger[KeepLedger.SNAPSHOTS],
+        ledger[KeepLedger.UPDATES],
+        ledger[KeepLedger.CHECKPOINTS],
+        dead_letters,
+    )
+    tables = None
+    if opts.write_dynamodb:
+        tables = {
+            "region": opts.aws_region,
+            "endpoint_url": opts.aws_endpoint_url,
+            "level_table": opts.level_table,
+            "transitions_table": opts.transitions_table,
+            "progress_table": opts.progress_table,
+        }
+    {
+        "updates": outputs.counter_updates,
+        "snapshots": outputs.snapshots,
+        "checkpoints": outputs.checkpoints,
+        "dead_letters": outputs.dead_letters,
+    } | "Publish" >> PublishOutputs(
+        window_secs=opts.window_secs,
+        snapshot_path=opts.snapshot_path,
+        dead_letter_path=opts.dead_letter_path,
+        dynamodb=tables,
+        resume_from=resume_from,
+    )
+    return outputs
 
 
 def parse_options(argv) -> PipelineOptions:
@@ -132,21 +123,20 @@ def parse_options(argv) -> PipelineOptions:
     if unknown:
         sys.exit(f"error: unknown or malformed arguments {unknown}; see --help for the flags.")
     options = PipelineOptions(argv)
-    errors = options.view_as(LevelAnalyticsOptions).validation_errors()
+    opts = options.view_as(LevelAnalyticsOptions)
+    streaming = bool(opts.stream_name) or bool(options.view_as(StandardOptions).streaming)
+    errors = opts.validation_errors()
+    errors += engine_errors(options, streaming)
     errors += runner_option_errors(options)
     if errors:
         sys.exit("error: " + "\n       ".join(errors))
-    opts = options.view_as(LevelAnalyticsOptions)
     s3 = options.view_as(S3Options)
     if opts.aws_endpoint_url and not s3.s3_endpoint_url:
         s3.s3_endpoint_url = opts.aws_endpoint_url  # snapshots and dead letters on s3:// too
     if not s3.s3_region_name:
         s3.s3_region_name = opts.aws_region
-    standard = options.view_as(StandardOptions)
-    if not standard.runner:
-        standard.runner = DEFAULT_RUNNER
-    if options.view_as(LevelAnalyticsOptions).stream_name:
-        standard.streaming = True
+    options.view_as(StandardOptions).streaming = streaming
+    choose_engine(options, streaming)
     apply_runner_defaults(options)  # after streaming is known
     return options
 
@@ -177,33 +167,57 @@ def run(argv=None):
     options = parse_options(argv)
     FileSystems.set_options(options)  # this process writes to s3:// too (the status object)
     resume_from = prepare_restart(options)
-    started_ms = int(time.time() * 1000)
+    opts = options.view_as(LevelAnalyticsOptions)
+    status = RunStatus(_status_writer(opts.snapshot_path), runner_name(options), opts.update_secs)
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, options, resume_from=resume_from)
     result = pipeline.run()
-    result.wait_until_finish()
-    publish_run_status(options, result, started_ms)
+    # A stream runs until cancelled: its figures are published while it runs.
+    status.follow(result, on_error=lambda error: _LOG.warning("pipeline status not published: %s", error))
+    try:
+        state = result.wait_until_finish()
+    except KeyboardInterrupt:  # Ctrl-C: the normal way to stop a stream
+        _stop_quietly(result, status)
+        sys.exit("stopped (Ctrl-C); a restart with the same flags resumes from the last checkpoint")
+    finally:
+        status.stop()
+    summary = status.publish(result, str(state), finished=True, committed_ms=_committed_ms(opts))
+    print(
+        f"{state}: read {summary['records_read']} records, {summary['transitions']} transitions, "
+        f"{sum(summary['dead_letters'].values())} dead letters, {summary['dynamodb_writes']} DynamoDB writes"
+        + ("" if summary["committed_until"] is None else f"; committed up to {summary['committed_until']}"),
+        file=sys.stderr,
+    )
+    if state != PipelineState.DONE:
+        sys.exit(f"error: the pipeline ended {state}")
     return result
 
 
-def publish_run_status(options: PipelineOptions, result, started_ms: int):
-    """pipeline_status.json beside the snapshots, and one summary line on stderr."""
-    opts = options.view_as(LevelAnalyticsOptions)
-    committed = None
-    if opts.write_dynamodb:
-        checkpoint = read_checkpoint(
-            default_client(opts.aws_region, opts.aws_endpoint_url), opts.progress_table
-        )
-        committed = None if checkpoint is None else checkpoint.as_of_ms
-    status = run_status(counter_totals(result), started_ms, int(time.time() * 1000), committed)
-    if opts.snapshot_path:
-        write_object(join_path(opts.snapshot_path, STATUS_OBJECT), status_bytes(status))
-    print(
-        f"read {status['records_read']} records, {status['transitions']} transitions, "
-        f"{sum(status['dead_letters'].values())} dead letters, {status['dynamodb_writes']} DynamoDB writes"
-        + ("" if committed is None else f"; committed up to {status['committed_until']}"),
-        file=sys.stderr,
-    )
+def _stop_quietly(result, status: RunStatus):
+    """Cancel the job and say so in the status. The engine shares our process group, so
+    it may be gone already: the SDK's threads then fail on their connections, which is
+    the expected end here, not news for the terminal."""
+    threading.excepthook = lambda args: None
+    status.stop()
+    for step in (result.cancel, lambda: status.publish(result, "CANCELLED", finished=True)):
+        try:
+            step()
+        except Exception as error:  # noqa: BLE001 - best effort on the way out
+            _LOG.info("while stopping: %s", error)
+
+
+def _status_writer(snapshot_path: str | None):
+    if not snapshot_path:
+        return lambda body: None
+    path = join_path(snapshot_path, STATUS_OBJECT)
+    return lambda body: write_object(path, body)
+
+
+def _committed_ms(opts) -> int | None:
+    if not opts.write_dynamodb:
+        return None
+    checkpoint = read_checkpoint(default_client(opts.aws_region, opts.aws_endpoint_url), opts.progress_table)
+    return None if checkpoint is None else checkpoint.as_of_ms
 
 
 if __name__ == "__main__":

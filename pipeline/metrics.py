@@ -11,3 +11,7 @@ def counter(name: str):
 
 def distribution(name: str):
     return Metrics.distribution(NAMESPACE, name)
+
+
+def gauge(name: str):
+    return Metrics.gauge(NAMESPACE, name)

@@ -95,15 +95,9 @@ class LevelAnalyticsOptions(PipelineOptions):
             "--stop_when_idle_secs",
             type=int,
             default=None,
-            help="Finish once every shard is caught up and silent this long (tests, backfills). Default: off.",
-        )
-        stream.add_argument(
-            "--stop_when_caught_up",
-            action="store_true",
-            default=False,
-            help="Finish as soon as every shard has been read to its tip, writing only the outputs "
-            "that are final by then; with --write_dynamodb the next run resumes from there. One "
-            "segment of a live run on a runner without live watermarks (see README). Default: off.",
+            help="Finish once every shard is caught up and silent this long: every player then times "
+            "out and everything is final (tests, replaying a stream that has stopped). Default: off "
+            "(run until cancelled).",
         )
 
         tables = parser.add_argument_group("DynamoDB")
@@ -149,12 +143,8 @@ class LevelAnalyticsOptions(PipelineOptions):
                     errors.append(f"--{name} must not be negative.")
             if self.stop_when_idle_secs is not None and self.stop_when_idle_secs <= 0:
                 errors.append("--stop_when_idle_secs must be positive (or left out to run forever).")
-            if self.stop_when_caught_up and self.stop_when_idle_secs is not None:
-                errors.append(
-                    "--stop_when_caught_up and --stop_when_idle_secs both given: choose one way to stop."
-                )
-        elif self.stop_when_caught_up or self.stop_when_idle_secs is not None:
-            errors.append("--stop_when_caught_up and --stop_when_idle_secs apply to --stream_name only.")
+        elif self.stop_when_idle_secs is not None:
+            errors.append("--stop_when_idle_secs applies to --stream_name only.")
         if not (self.snapshot_path or self.dead_letter_path or self.write_dynamodb):
             errors.append(
                 "nothing to write: give --snapshot_path (a directory or s3://bucket/prefix) and/or --write_dynamodb."

@@ -5,16 +5,11 @@
 1. moto in server mode on a free loopback port: the embedded AWS;
 2. a Kinesis stream (--shards), the level, transitions and progress tables, a bucket;
 3. the simulator, sending live players' events to the stream (pipeline.simulate --live);
-4. the pipeline (pipeline.main, streaming from the stream, writing DynamoDB and S3);
-5. the live view (pipeline.live_view) of what the pipeline published, in the foreground.
-
-The local runner (Beam's FnApiRunner) holds a splittable source's watermark until the
-source ends, so a pipeline that never ends would publish nothing. The pipeline therefore
-runs in segments (--stop_when_caught_up): each reads the stream up to its tip, publishes
-everything that is final by then and exits; the next resumes from the checkpoint the
-previous committed, re-reading timeout + out-of-orderness of history to rebuild player
-state, exactly as after a crash. The published numbers are the contract's; only their
-freshness depends on the segment length. On Flink (make run-flink) one pipeline runs.
+4. the pipeline (pipeline.main, streaming from the stream, writing DynamoDB and S3): one
+   pipeline that runs until stopped, on Prism (or on an embedded Flink with
+   `--runner FlinkRunner`, make run-flink);
+5. the dashboard (pipeline.apps.dashboard), whose URL is printed;
+6. the live view (pipeline.live_view) of what the pipeline published, in the foreground.
 
 Ctrl-C stops everything (children run in their own process groups, so only this process
 gets the terminal's SIGINT and stops them in order), then prints a one-line summary. Logs
@@ -47,19 +42,22 @@ DUMMY_CREDENTIALS = {
 }
 
 
+def is_free(port: int) -> bool:
+    """Whether a loopback port can be listened on (0 never is: it means "any")."""
+    if not port:
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def runner_of(flags) -> str | None:
-    for i, flag in enumerate(flags):
-        if flag.startswith("--runner="):
-            return flag.split("=", 1)[1]
-        if flag == "--runner" and i + 1 < len(flags):
-            return flags[i + 1]
-    return None
 
 
 def parse_args(argv):
@@ -104,10 +102,15 @@ def parse_args(argv):
     parser.add_argument(
         "--workdir", default="out/local", help="logs and the simulator's truth (default out/local)"
     )
+    parser.add_argument(
+        "--dashboard_port",
+        type=int,
+        default=8050,
+        help="the dashboard's port, 0 for any free one (default 8050)",
+    )
     args, pipeline_flags = parser.parse_known_args(argv)
     # The rest goes to pipeline.main as it is (e.g. --runner FlinkRunner --flink_master [local]).
     args.pipeline_flags = pipeline_flags
-    args.continuous = runner_of(pipeline_flags) not in (None, "FnApiRunner", "DirectRunner")
     for name in (
         "players",
         "minutes",
@@ -131,8 +134,7 @@ class LocalSystem:
         self.endpoint = args.aws_endpoint_url  # None: real AWS
         self.children = {}  # name -> Popen
         self.stopping = threading.Event()
-        self.totals = {"records_read": 0, "transitions": 0, "dead_letters": 0, "dynamodb_writes": 0}
-        self.segments = 0
+        self.status = {}  # the pipeline's last pipeline_status.json
         self.failure = None
 
     # --- processes ---------------------------------------------------------------
@@ -237,8 +239,9 @@ class LocalSystem:
             *stop_flags, *a.pipeline_flags,
         ]  # fmt: skip
 
-    def run_continuous(self):
-        """A runner with live watermarks (Flink): one pipeline, as in production."""
+    def run_pipeline(self):
+        """One pipeline, as in production, until stopped (or, with --stop_when_idle_secs,
+        until the stream has been quiet that long: everyone times out, it ends)."""
         idle = self.args.stop_when_idle_secs
         try:
             pipeline = self.start(
@@ -246,71 +249,46 @@ class LocalSystem:
             )
             if pipeline.wait() != 0 and not self.stopping.is_set():
                 raise RuntimeError(f"the pipeline failed; see {self.args.workdir}/pipeline.log")
-            self.segments += 1
-            self.add_status()
         except Exception as error:  # noqa: BLE001 - reported by the main thread
             self.failure = error
         finally:
             self.stopping.set()
 
-    def run_segments(self):
-        """The pipeline, one segment after the other, until stopped; with
-        --stop_when_idle_secs, a last segment once the simulator is done."""
-        try:
-            while not self.stopping.is_set():
-                simulator_done = self.children["simulator"].poll() is not None
-                final = simulator_done and self.args.stop_when_idle_secs is not None
-                flag = (
-                    f"--stop_when_idle_secs={self.args.stop_when_idle_secs}"
-                    if final
-                    else "--stop_when_caught_up"
-                )
-                started = time.monotonic()
-                segment = self.start("pipeline", self.pipeline_command(flag))
-                if segment.wait() != 0:
-                    if self.stopping.is_set():
-                        return
-                    raise RuntimeError(f"a pipeline segment failed; see {self.args.workdir}/pipeline.log")
-                self.segments += 1
-                self.add_status()
-                if final:
-                    return
-                # At least one update interval between segment starts: nothing new is final sooner.
-                self.stopping.wait(max(0.0, self.args.update_secs - (time.monotonic() - started)))
-        except Exception as error:  # noqa: BLE001 - reported by the main thread
-            self.failure = error
-        finally:
-            self.stopping.set()
-
-    def add_status(self):
+    def read_status(self):
         s3 = self.client("s3")
         try:
             body = s3.get_object(Bucket=self.args.bucket, Key=f"snapshots/{STATUS_OBJECT}")["Body"].read()
-        except s3.exceptions.NoSuchKey:
+        except Exception:  # noqa: BLE001 - no status yet, or AWS gone: the summary says less
             return
-        status = json.loads(body)
-        self.totals["records_read"] += status.get("records_read", 0)
-        self.totals["transitions"] += status.get("transitions", 0)
-        self.totals["dead_letters"] += sum(status.get("dead_letters", {}).values())
-        self.totals["dynamodb_writes"] += status.get("dynamodb_writes", 0)
+        self.status = json.loads(body)
 
-    def start_view(self):
+    def start_dashboard(self) -> str:
+        port = self.args.dashboard_port if is_free(self.args.dashboard_port) else free_port()
+        command = [
+            sys.executable, "-m", "pipeline.apps.dashboard",
+            f"--snapshot_path=s3://{self.args.bucket}/snapshots", *self.aws_flags(),
+            f"--level_table={self.tables()[0]}", f"--port={port}",
+        ]  # fmt: skip
+        self.start("dashboard", command)
+        return f"http://127.0.0.1:{port}"
+
+    def start_view(self, dashboard_url):
         command = [
             sys.executable, "-m", "pipeline.live_view",
             f"--snapshot_path=s3://{self.args.bucket}/snapshots", *self.aws_flags(), *self.table_flags(),
+            f"--dashboard_url={dashboard_url}",
         ] + (["--no-tty"] if self.args.no_tty else [])  # fmt: skip
         return self.start("view", command, log=False)  # the view draws on this terminal
 
     def summary(self) -> str:
-        t = self.totals
-        if self.args.continuous:
-            runs = "one pipeline"
-        else:
-            runs = f"{self.segments} pipeline segments"
+        t = self.status
+        if not t:
+            return f"stopped: the pipeline published no status; logs in {self.args.workdir}"
         return (
-            f"stopped: {runs} read {t['records_read']} records (re-reads included), "
-            f"{t['transitions']} transitions, {t['dead_letters']} dead letters, "
-            f"{t['dynamodb_writes']} DynamoDB writes (counted when a run ends); logs in {self.args.workdir}"
+            f"stopped: the pipeline read {t.get('records_read', 0)} records, "
+            f"{t.get('transitions', 0)} transitions, {sum(t.get('dead_letters', {}).values())} dead letters, "
+            f"{t.get('dynamodb_writes', 0)} DynamoDB writes, committed up to {t.get('committed_until') or '—'}; "
+            f"logs in {self.args.workdir}"
         )
 
 
@@ -335,18 +313,22 @@ def main(argv=None) -> int:
             else f"AWS endpoint {system.endpoint}" + (" (embedded moto)" if embedded else "")
         )
         print(f"{where}; stream {args.stream_name}, bucket {args.bucket}", flush=True)
+        dashboard_url = system.start_dashboard()
+        print(f"dashboard: {dashboard_url}", flush=True)
         system.start_simulator()
-        target = system.run_continuous if args.continuous else system.run_segments
-        runner = threading.Thread(target=target, name="pipeline", daemon=True)
+        runner = threading.Thread(target=system.run_pipeline, name="pipeline", daemon=True)
         runner.start()
-        system.start_view()
+        system.start_view(dashboard_url)
         while not system.stopping.is_set():
             system.stopping.wait(0.5)
         runner.join(timeout=5 if interrupted.is_set() else None)
     except Exception as error:  # noqa: BLE001 - one line, not a traceback
         system.failure = error
     finally:
-        for name in ("simulator", "pipeline", "view", "moto"):
+        for name in ("simulator", "pipeline"):
+            system.stop(name)
+        system.read_status()  # the pipeline's last word, before AWS goes
+        for name in ("view", "dashboard", "moto"):
             system.stop(name)
     print(system.summary(), flush=True)
     if system.failure is not None:

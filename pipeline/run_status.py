@@ -1,33 +1,84 @@
-"""pipeline_status.json: what one run (or one segment of a live run) did, from its
-Beam metrics, published next to the snapshots for the live view and for people.
+"""pipeline_status.json: what the running pipeline has done, from its Beam metrics,
+rewritten every few seconds while it runs and once when it ends, next to the
+snapshots, for the live view, the dashboard and people.
 
-    {"run_started", "run_finished", "committed_until", "records_read", "observations",
-     "transitions", "dead_letters": {reason: n}, "dynamodb_writes", "dynamodb_retries",
-     "dynamodb_rejected_repeats", "s3_puts"}
+    {"status_time", "state", "engine", "run_started", "run_finished",
+     "records_read", "observations", "transitions", "dead_letters": {reason: n},
+     "dynamodb_writes", "dynamodb_retries", "dynamodb_rejected_repeats", "s3_puts",
+     "closed_until", "committed_until", "latest_arrival", "behind_latest_ms",
+     "pipeline_records_per_sec", "stream_records_per_sec"}
+
+Two rates, because they differ exactly when it matters: `pipeline_records_per_sec` is
+how fast the pipeline read records over the last interval (wall clock);
+`stream_records_per_sec` is how fast those same records had arrived in the stream
+(records read over the span of their Kinesis arrival times). Caught up, both are the
+stream's rate; catching up on a backlog, the first is higher. `closed_until` is the
+latest update instant the ledger closed (event time): now minus it is the lag.
 """
 
 import json
+import threading
+import time
+from typing import NamedTuple
 
 from apache_beam.metrics.metric import MetricsFilter
 
 from pipeline import metrics
+from pipeline.beam_patches import fresh_metrics
 from pipeline.snapshots import STATUS_OBJECT, iso_utc
 
-__all__ = ["STATUS_OBJECT", "counter_totals", "run_status", "status_bytes"]
+__all__ = ["STATUS_OBJECT", "RunStatus", "metric_totals", "run_status", "status_bytes"]
 _DEAD_LETTER_PREFIX = "dead_letters_"  # per reason, from the parser
 _LATE = ("late_observations", "kinesis_late_records")
+_ARRIVAL_GAUGES = "kinesis_latest_arrival_ms_"  # one per shard
+_BEHIND_GAUGES = "kinesis_behind_ms_"
 
 
-def counter_totals(result) -> dict:
-    """Committed (or, where the runner has none, attempted) counter values by name."""
+def _value(result) -> int | None:
+    """A metric's committed value, or its attempted one where the runner has none."""
+    value = result.committed if result.committed is not None else result.attempted
+    return getattr(value, "value", value)  # a gauge's result holds its value
+
+
+def metric_totals(pipeline_result) -> dict:
+    """Counter totals and gauge values of the pipeline's namespace, by name."""
+    query = fresh_metrics(pipeline_result).query(MetricsFilter().with_namespace(metrics.NAMESPACE))
     totals = {}
-    for counter in result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))["counters"]:
-        value = counter.committed if counter.committed is not None else counter.attempted
-        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + (value or 0)
+    for counter in query["counters"]:
+        name = counter.key.metric.name
+        totals[name] = totals.get(name, 0) + (_value(counter) or 0)
+    for gauge in query["gauges"]:
+        value = _value(gauge)
+        if value is not None:
+            name = gauge.key.metric.name
+            totals[name] = max(totals.get(name, value), value)
     return totals
 
 
-def run_status(totals: dict, started_ms: int, finished_ms: int, committed_ms: int | None) -> dict:
+def _max_of(totals: dict, prefix: str) -> int | None:
+    values = [value for name, value in totals.items() if name.startswith(prefix)]
+    return max(values) if values else None
+
+
+def _iso_or_none(ms) -> str | None:
+    return None if ms is None else iso_utc(int(ms))
+
+
+class Sample(NamedTuple):
+    wall_ms: int
+    records_read: int
+    latest_arrival_ms: int | None
+
+
+def _per_sec(records: int, span_ms: int | None) -> float | None:
+    if span_ms is None or span_ms <= 0:
+        return 0.0 if records == 0 else None
+    return round(records * 1000 / span_ms, 1)
+
+
+def run_status(totals: dict, now_ms: int, previous: Sample | None = None, **run) -> dict:
+    """The status object from metric totals; rates against the previous sample.
+    `run`: state, engine, run_started_ms, run_finished_ms, committed_ms (if read)."""
     dead_letters = {
         name[len(_DEAD_LETTER_PREFIX) :]: n
         for name, n in totals.items()
@@ -36,11 +87,23 @@ def run_status(totals: dict, started_ms: int, finished_ms: int, committed_ms: in
     late = sum(totals.get(name, 0) for name in _LATE)
     if late:
         dead_letters["late"] = late
+    records_read = totals.get("lines_read", 0)
+    latest_arrival = _max_of(totals, _ARRIVAL_GAUGES)
+    pipeline_rate = stream_rate = None
+    if previous is not None:
+        read = records_read - previous.records_read
+        pipeline_rate = _per_sec(read, now_ms - previous.wall_ms)
+        if latest_arrival is not None:
+            arrival_span = latest_arrival - (previous.latest_arrival_ms or latest_arrival)
+            stream_rate = _per_sec(read, arrival_span if previous.latest_arrival_ms else None)
+    committed = totals.get("committed_until_ms", run.get("committed_ms"))
     return {
-        "run_started": iso_utc(started_ms),
-        "run_finished": iso_utc(finished_ms),
-        "committed_until": None if committed_ms is None else iso_utc(committed_ms),
-        "records_read": totals.get("lines_read", 0),
+        "status_time": iso_utc(now_ms),
+        "state": run.get("state"),
+        "engine": run.get("engine"),
+        "run_started": _iso_or_none(run.get("run_started_ms")),
+        "run_finished": _iso_or_none(run.get("run_finished_ms")),
+        "records_read": records_read,
         "observations": totals.get("observations", 0),
         "transitions": totals.get("transitions", 0),
         "dead_letters": dict(sorted(dead_letters.items())),
@@ -48,8 +111,68 @@ def run_status(totals: dict, started_ms: int, finished_ms: int, committed_ms: in
         "dynamodb_retries": totals.get("dynamodb_retries", 0),
         "dynamodb_rejected_repeats": totals.get("dynamodb_rejected_repeats", 0),
         "s3_puts": totals.get("snapshot_objects_written", 0) + totals.get("dead_letter_objects_written", 0),
+        "closed_until": _iso_or_none(totals.get("ledger_closed_until_ms")),
+        "committed_until": _iso_or_none(committed),
+        "latest_arrival": _iso_or_none(latest_arrival),
+        "behind_latest_ms": _max_of(totals, _BEHIND_GAUGES),
+        "pipeline_records_per_sec": pipeline_rate,
+        "stream_records_per_sec": stream_rate,
     }
 
 
 def status_bytes(status: dict) -> bytes:
     return (json.dumps(status, sort_keys=True, indent=1) + "\n").encode("utf-8")
+
+
+class RunStatus:
+    """Publishes the status of one pipeline run: every `interval_secs` while it runs
+    (from a thread), and once more when it ends. `write` takes the status bytes."""
+
+    def __init__(self, write, engine: str, interval_secs: float, clock=time.time):
+        self._write = write
+        self._engine = engine
+        self._interval_secs = interval_secs
+        self._clock = clock
+        self._started_ms = self._now_ms()
+        self._previous = None
+        self._stop = threading.Event()
+        self._thread = None
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def publish(self, pipeline_result, state: str, finished: bool = False, committed_ms=None) -> dict:
+        now_ms = self._now_ms()
+        totals = metric_totals(pipeline_result)
+        status = run_status(
+            totals,
+            now_ms,
+            self._previous,
+            state=state,
+            engine=self._engine,
+            run_started_ms=self._started_ms,
+            run_finished_ms=now_ms if finished else None,
+            committed_ms=committed_ms,
+        )
+        latest_arrival = _max_of(totals, _ARRIVAL_GAUGES)
+        self._previous = Sample(now_ms, status["records_read"], latest_arrival)
+        self._write(status_bytes(status))
+        return status
+
+    def follow(self, pipeline_result, on_error) -> None:
+        """Publish every interval from a daemon thread until `stop()`."""
+
+        def loop():
+            while not self._stop.wait(self._interval_secs):
+                try:
+                    self.publish(pipeline_result, "RUNNING")
+                except Exception as error:  # noqa: BLE001 - a status is never worth stopping the run
+                    on_error(error)
+
+        self._thread = threading.Thread(target=loop, name="run-status", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)

@@ -1,4 +1,19 @@
-"""Running on Flink (and any portable runner): the Flink options, their defaults and
+"""Which engine runs the pipeline, with which settings, checked before anything starts.
+
+Engines:
+- Prism (`PrismRunner`, Beam's own local engine, the DirectRunner's default since 2.68)
+  runs every stream: one pipeline, forever, with live watermarks. Always with the
+  experiment `prism_disable_sdf_split` (see PRISM_EXPERIMENT).
+- The FnApiRunner (Beam's in-process batch engine) runs bounded replays of files: it
+  is the faster of the two there (measured by `make bench`, see README "Performance").
+  It cannot run a stream live: it holds a splittable source's watermark until the
+  source ends.
+- Flink (`FlinkRunner`) when one machine is not enough (below).
+
+`--runner DirectRunner` (what Beam users type), or no --runner, picks the engine for the
+mode; a stream never runs on an engine that cannot publish live.
+
+Running on Flink (and any portable runner): the Flink options, their defaults and
 their checks, and where the Flink job server jar lives.
 
     python -m pipeline.main ... --runner FlinkRunner --flink_master [local]
@@ -12,7 +27,7 @@ downloaded at run time.
 
 Beam publishes the job server as org.apache.beam:beam-runners-flink-<flink>-job-server,
 but the registry reachable here serves none of them, for any Beam version checked. It
-does serve the runner library itself at BEAM_VERSION below, with every dependency, so
+does serve the runner library itself at JOB_SERVER_BEAM_VERSION below, with every dependency, so
 `make flink-jar` assembles the same main class from those coordinates (flink/pom.xml).
 That Java side (Beam 2.62.0) is older than the Python SDK (2.77.0); the two speak the
 portable Job and Fn APIs, which this pipeline's tests exercise end to end.
@@ -26,21 +41,109 @@ import socket
 from urllib.parse import urlparse
 
 from apache_beam.options.pipeline_options import (
+    DebugOptions,
     FlinkRunnerOptions,
     PipelineOptions,
     PortableOptions,
+    PrismRunnerOptions,
     StandardOptions,
 )
+from apache_beam.version import __version__ as BEAM_SDK_VERSION
 
 from pipeline.options import LevelAnalyticsOptions
 
 _LOG = logging.getLogger(__name__)
 
+# --- Engines -----------------------------------------------------------------------------
+
+STREAM_ENGINE = "PrismRunner"
+BATCH_ENGINE = "FnApiRunner"
+# Beam's names for "pick a local engine for me".
+LOCAL_RUNNER_ALIASES = ("DirectRunner", "SwitchingDirectRunner", "")
+# In-process engines that cannot run a stream live (watermark held until the source ends).
+NOT_LIVE_ENGINES = ("FnApiRunner", "BundleBasedDirectRunner")
+
+# Prism splits bundles of a splittable DoFn on its own; with event-time timers
+# downstream, its split drops the split-off timers' watermark holds (apache/beam#35771,
+# Prism logs "Unexpected split on a bundle with timers") and counts come out wrong:
+# measured on a 2-shard backlog, 0 of 46 windows equal to the model without it, 46 of 46
+# with it. The Kinesis reader checkpoints by itself (defer_remainder), so it needs no
+# runner-initiated split. tests/test_engines.py::test_dense_backlog_on_prism shows it.
+PRISM_EXPERIMENT = "prism_disable_sdf_split"
+PRISM_LOCATION_ENV = "PRISM_LOCATION"
+PRISM_PACKAGE = "github.com/apache/beam/sdks/v2/go/cmd/prism"
+
+
+def runner_name(options: PipelineOptions) -> str:
+    """The runner's class name, whatever form it was given in ("" when none)."""
+    runner = options.view_as(StandardOptions).runner or ""
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    return name.rsplit(".", 1)[-1]
+
+
+def default_prism_location() -> str:
+    """Where `make prism` builds Prism: $PRISM_LOCATION, else the user cache."""
+    if os.environ.get(PRISM_LOCATION_ENV):
+        return os.environ[PRISM_LOCATION_ENV]
+    return os.path.join(_cache_dir(), f"prism-{BEAM_SDK_VERSION}", "prism")
+
+
+def missing_prism_message(path: str) -> str:
+    return (
+        f"no Prism binary at {path}: run `make prism` (builds {PRISM_PACKAGE}@v{BEAM_SDK_VERSION} with Go "
+        "from the Go module proxy, about 3 minutes), or pass --prism_location PATH. Without Go, "
+        f"--prism_location https://github.com/apache/beam/releases/tag/v{BEAM_SDK_VERSION} lets Beam "
+        "download its release binary where github.com is reachable."
+    )
+
+
+def engine_errors(options: PipelineOptions, streaming: bool) -> list:
+    """What stops the chosen engine from running this pipeline, each saying what to change."""
+    name = runner_name(options)
+    if streaming and name in NOT_LIVE_ENGINES:
+        return [
+            f"--runner {name} cannot run a stream live (it holds the source's watermark until the "
+            "source ends, so nothing would be published): leave --runner out, or use PrismRunner "
+            "(the default for streams) or FlinkRunner."
+        ]
+    if name == STREAM_ENGINE or (streaming and name in LOCAL_RUNNER_ALIASES):
+        location = options.view_as(PrismRunnerOptions).prism_location
+        if not location:
+            location = default_prism_location()
+            if not os.path.isfile(location):
+                return [missing_prism_message(location)]
+    return []
+
+
+def choose_engine(options: PipelineOptions, streaming: bool) -> None:
+    """Set the engine for the mode (see the module docstring) and Prism's settings."""
+    standard = options.view_as(StandardOptions)
+    name = runner_name(options)
+    if name in LOCAL_RUNNER_ALIASES:
+        standard.runner = STREAM_ENGINE if streaming else BATCH_ENGINE
+        name = standard.runner
+    if name != STREAM_ENGINE:
+        return
+    prism = options.view_as(PrismRunnerOptions)
+    if not prism.prism_location:
+        prism.prism_location = default_prism_location()
+    debug = options.view_as(DebugOptions)
+    if not debug.lookup_experiment(PRISM_EXPERIMENT):
+        debug.add_experiment(PRISM_EXPERIMENT)
+
+
+def _cache_dir() -> str:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "level-analytics")
+
+
+# --- Flink -------------------------------------------------------------------------------
+
 # What `make flink-jar` builds (keep in step with flink/pom.xml and the Makefile).
-BEAM_VERSION = "2.62.0"
+JOB_SERVER_BEAM_VERSION = "2.62.0"
 FLINK_MINOR = "1.19"
-RUNNER_COORDINATES = f"org.apache.beam:beam-runners-flink-{FLINK_MINOR}:{BEAM_VERSION}"
-JOB_SERVICE_COORDINATES = f"org.apache.beam:beam-runners-java-job-service:{BEAM_VERSION}"
+RUNNER_COORDINATES = f"org.apache.beam:beam-runners-flink-{FLINK_MINOR}:{JOB_SERVER_BEAM_VERSION}"
+JOB_SERVICE_COORDINATES = f"org.apache.beam:beam-runners-java-job-service:{JOB_SERVER_BEAM_VERSION}"
 # The published shaded job server of the pinned Python SDK's version: not served here.
 PUBLISHED_JOB_SERVER_COORDINATES = "org.apache.beam:beam-runners-flink-1.19-job-server:2.77.0"
 
@@ -56,9 +159,8 @@ def default_job_server_jar() -> str:
     """Where `make flink-jar` puts the jar: $FLINK_JOB_SERVER_JAR, else the user cache."""
     if os.environ.get(JOB_SERVER_JAR_ENV):
         return os.environ[JOB_SERVER_JAR_ENV]
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    name = f"beam-runners-flink-{FLINK_MINOR}-job-server-{BEAM_VERSION}.jar"
-    return os.path.join(cache, "level-analytics", name)
+    name = f"beam-runners-flink-{FLINK_MINOR}-job-server-{JOB_SERVER_BEAM_VERSION}.jar"
+    return os.path.join(_cache_dir(), name)
 
 
 def missing_jar_message(path: str) -> str:
@@ -151,13 +253,11 @@ class FlinkCheckpointOptions(PipelineOptions):
 
 
 def is_flink(options: PipelineOptions) -> bool:
-    runner = options.view_as(StandardOptions).runner or ""
-    return runner.split(".")[-1] in ("FlinkRunner", "flink")
+    return runner_name(options) in ("FlinkRunner", "flink")
 
 
 def is_portable(options: PipelineOptions) -> bool:
-    runner = options.view_as(StandardOptions).runner or ""
-    return runner.split(".")[-1] in ("PortableRunner", "portable")
+    return runner_name(options) in ("PortableRunner", "portable")
 
 
 def master_address(flink_master: str) -> tuple[str, int] | None:
@@ -319,8 +419,7 @@ def apply_runner_defaults(options: PipelineOptions) -> None:
         checkpoints.checkpointing_interval = DEFAULT_CHECKPOINTING_INTERVAL_MS
     if checkpoints.finish_bundle_before_checkpointing is None:
         checkpoints.finish_bundle_before_checkpointing = True
-    opts = options.view_as(LevelAnalyticsOptions)
-    finite = opts.stop_when_idle_secs is not None or getattr(opts, "stop_when_caught_up", False)
+    finite = options.view_as(LevelAnalyticsOptions).stop_when_idle_secs is not None
     if finite and checkpoints.shutdown_sources_after_idle_ms is None:
         # With checkpoints on, Beam's Flink runner keeps sources alive forever, so a run
         # meant to stop would never end. Letting them stop ends Flink checkpoints too; a

@@ -11,20 +11,16 @@ from botocore.exceptions import ClientError, ConnectionClosedError
 from moto_server import REGION, moto_endpoint  # noqa: F401
 
 from pipeline.ledger import Checkpoint, CounterUpdate
+from pipeline.sinks.commit import CommitCheckpoints, commit_ms, due_and_later
 from pipeline.sinks.dynamodb import WriteCounterUpdates, create_tables, read_checkpoint
 
 CHECKPOINT_1 = Checkpoint(60_000, (("a", 2),), (("/a", 2),))
+CHECKPOINT_2 = Checkpoint(120_000, (("a", 3),), (("/a", 4), ("a/b", 1), ("b/", 1)))
 UPDATES = [
     CounterUpdate(5_000, (("a", 2),), (("/a", 2),)),
-    CounterUpdate(60_000, (), (), CHECKPOINT_1),  # a quiet window end: the checkpoint only
     CounterUpdate(65_000, (("a", 1), ("b", 1)), (("a/b", 1),)),
     CounterUpdate(70_000, (("b", 0),), (("b/", 1),)),
-    CounterUpdate(
-        120_000,
-        (("a", 3),),
-        (("/a", 4),),
-        Checkpoint(120_000, (("a", 3),), (("/a", 4), ("a/b", 1), ("b/", 1))),
-    ),
+    CounterUpdate(120_000, (("a", 3),), (("/a", 4),)),
 ]
 
 
@@ -48,9 +44,11 @@ class Tables:
             endpoint_url=self.endpoint,
             level_table=self.level,
             transitions_table=self.transitions,
-            progress_table=self.progress,
             **kwargs,
         )
+
+    def commit(self, **kwargs):
+        return CommitCheckpoints(REGION, self.endpoint, self.progress, written_before={}, **kwargs)
 
     def items(self, table, key):
         scanned = self.client.scan(TableName=table, ConsistentRead=True)["Items"]
@@ -72,10 +70,14 @@ def tables(moto_endpoint):  # noqa: F811
     return Tables(moto_endpoint)
 
 
-def run(updates, sink):
-    """Runs Create(updates) | sink; returns {metric name: committed counter value}."""
+def run(elements, sink):
+    """Runs Create(elements) | sink; returns {metric name: committed counter value}.
+    Checkpoints are timestamped at their instant, as the ledger emits them."""
     pipeline = beam.Pipeline(runner="FnApiRunner")
-    _ = pipeline | beam.Create(updates) | sink
+    created = pipeline | beam.Create(elements)
+    if elements and isinstance(elements[0], Checkpoint):
+        created |= beam.Map(lambda c: beam.window.TimestampedValue(c, c.as_of_ms / 1000))
+    _ = created | sink
     result = pipeline.run()
     result.wait_until_finish()
     counters = result.metrics().query(MetricsFilter())["counters"]
@@ -115,20 +117,16 @@ def test_writes_items_then_replay_and_reverse_change_nothing(tables):
     assert "levelFrom" not in transitions["/a"] and transitions["/a"]["levelTo"] == {"S": "a"}
     assert transitions["a/b"]["levelFrom"] == {"S": "a"} and transitions["a/b"]["levelTo"] == {"S": "b"}
     assert transitions["b/"]["levelFrom"] == {"S": "b"} and "levelTo" not in transitions["b/"]
-    assert int(progress["level-analytics"]["asOf"]["N"]) == 120_000
-    assert tables.checkpoint() == UPDATES[-1].checkpoint
-    assert first["dynamodb_checkpoints"] == 2
-    assert (
-        first["dynamodb_writes"] + first.get("dynamodb_rejected_repeats", 0) == 9 + 2
-    )  # 5 level items, 4 transition items, 2 checkpoints
+    assert progress == {}  # checkpoints are CommitCheckpoints' job
+    assert first["dynamodb_writes"] == 9  # 5 level items, 4 transition items
 
     replay = run(UPDATES, tables.sink())
     assert tables.state() == state
-    assert replay["dynamodb_rejected_repeats"] == 11 and replay.get("dynamodb_writes", 0) == 0
+    assert replay["dynamodb_rejected_repeats"] == 9 and replay.get("dynamodb_writes", 0) == 0
 
     reverse = run(list(reversed(UPDATES)), tables.sink())
     assert tables.state() == state
-    assert reverse["dynamodb_rejected_repeats"] == 11
+    assert reverse["dynamodb_rejected_repeats"] == 9
 
 
 def test_older_update_after_newer_does_not_move_values_back(tables):
@@ -137,8 +135,31 @@ def test_older_update_after_newer_does_not_move_values_back(tables):
     metrics = run(UPDATES[:-1], tables.sink())
     levels, transitions, _ = tables.state()
     assert int(levels["a"]["playerCount"]["N"]) == 3 and int(transitions["/a"]["count"]["N"]) == 4
-    assert tables.checkpoint() == UPDATES[-1].checkpoint  # checkpoint at 60 s rejected
-    assert metrics["dynamodb_rejected_repeats"] >= 4  # levels a (x2), /a (x1), checkpoint 60 s
+    assert metrics["dynamodb_rejected_repeats"] == 3  # levels a (x2), /a (x1)
+
+
+def test_commit_writes_the_checkpoints_in_order(tables):
+    assert tables.checkpoint() is None
+    metrics = run([CHECKPOINT_2, CHECKPOINT_1], tables.commit())
+    assert tables.checkpoint() == CHECKPOINT_2
+    assert 1 <= metrics["dynamodb_checkpoints"] <= 2  # both, or the newest for both
+    _, _, progress = tables.state()
+    assert progress["level-analytics"]["updatedAt"] == {"S": "1970-01-01T00:02:00Z"}
+
+
+def test_an_older_checkpoint_never_replaces_a_newer_one(tables):
+    run([CHECKPOINT_2], tables.commit())
+    metrics = run([CHECKPOINT_1], tables.commit())
+    assert tables.checkpoint() == CHECKPOINT_2
+    assert metrics["dynamodb_rejected_repeats"] == 1 and metrics.get("dynamodb_writes", 0) == 0
+
+
+def test_a_checkpoint_is_due_only_once_its_instant_is_passed():
+    """Outputs timestamped at the instant itself must be done first: due at instant + 1 ms."""
+    assert due_and_later([CHECKPOINT_1, CHECKPOINT_2], 60_000) == (None, [CHECKPOINT_1, CHECKPOINT_2])
+    assert commit_ms(CHECKPOINT_1) == 60_001
+    assert due_and_later([CHECKPOINT_1, CHECKPOINT_2], 60_001) == (CHECKPOINT_1, [CHECKPOINT_2])
+    assert due_and_later([CHECKPOINT_2, CHECKPOINT_1], 10**9) == (CHECKPOINT_2, [])
 
 
 class LostResponseClientFactory:
@@ -223,15 +244,8 @@ def test_throttled_write_is_retried(tables):
     assert metrics["dynamodb_writes"] == 4
 
 
-def test_permanent_throttling_fails_loudly_and_keeps_the_checkpoint(tables):
-    run(UPDATES[:2], tables.sink())  # stores CHECKPOINT_1
-    assert tables.checkpoint() == CHECKPOINT_1
-    failing = CounterUpdate(
-        120_000,
-        (("a", 3), ("doomed", 1)),
-        (("/doomed", 1),),
-        Checkpoint(120_000, (("a", 3), ("doomed", 1)), ()),
-    )
+def test_permanent_throttling_fails_loudly(tables):
+    failing = CounterUpdate(120_000, (("a", 3), ("doomed", 1)), (("/doomed", 1),))
     sink = tables.sink(
         client_factory=ThrottlingClientFactory(tables.endpoint, "doomed", 10**9),
         max_attempts=3,
@@ -241,6 +255,5 @@ def test_permanent_throttling_fails_loudly_and_keeps_the_checkpoint(tables):
         Exception, match=rf"table '{tables.level}' key levelId=doomed.*ProvisionedThroughputExceeded"
     ):
         run([failing], sink)
-    assert tables.checkpoint() == CHECKPOINT_1  # not moved on: an item of its update is missing
     levels, _, _ = tables.state()
     assert "doomed" not in levels

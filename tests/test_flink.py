@@ -9,6 +9,9 @@
   the job from that checkpoint, and the outputs are still exactly the model;
 * a streaming run told to stop (--stop_when_idle_secs), which must end by itself.
 
+The checkpointed runs check their outputs, dead-letter objects included, while the job
+is still running: a stream's windows are written as it goes, not when it ends.
+
 With checkpointing on, Beam's Flink runner keeps a streaming job running after its input
 is done (so checkpoints keep working), as a live job would: the checkpointed tests wait
 until the outputs equal the model, then cancel the job. The reader still stops once the
@@ -191,6 +194,8 @@ def run_until_outputs_match(pipeline, check, deadline_secs=OUTPUT_DEADLINE_SECS)
                 check()
                 time.sleep(3)
                 check()
+                # Everything, dead-letter windows included, was written while the job ran.
+                assert result.state == PipelineState.RUNNING, result.state
                 return time.monotonic() - started
             except AssertionError:
                 if time.monotonic() - started > deadline_secs:

@@ -47,7 +47,7 @@ def test_stream_from_kinesis_matches_the_model(moto_endpoint, tmp_path, read_sna
             "--initial_position=TRIM_HORIZON",
             "--max_out_of_orderness_secs=10",
             "--stop_when_idle_secs=3",
-            # Small reads, so the backlog takes several calls per shard (see drain_backlog).
+            # Small reads, so the backlog takes several calls per shard.
             "--max_records=200",
             f"--snapshot_path={out}",
             f"--dead_letter_path={bad}",

@@ -1,7 +1,9 @@
 """ReadKinesisRecords: against moto's real HTTP server, against fake clients for what moto
 cannot produce (throttling, expired iterators, resharding), and its rules unit by unit.
 
-Every pipeline runs on FnApiRunner in streaming mode and ends through stop_when_idle_secs.
+Every pipeline runs on the FnApiRunner in streaming mode (the fastest way to run the
+source alone: nothing downstream waits for its watermark) and ends through
+stop_when_idle_secs.
 """
 
 import json
@@ -32,6 +34,7 @@ from pipeline.sources.kinesis import (
     StopClaim,
     child_shard_ids,
     has_successor,
+    lateness_bound_ms,
     parse_initial_position,
     place_record,
     restriction_watermark_ms,
@@ -163,6 +166,10 @@ def test_reads_every_record_once_at_event_time_with_late_and_garbage(moto_endpoi
     # its late records come in a later call, after the watermark moved past them.
     for shard in {p.split(":")[0] for p, _, _ in late_placed}:
         assert sum(1 for p, _, _ in normal_placed if p.startswith(shard + ":")) > 25
+    latest_normal_ms = {}  # per shard: the event time every late record there is judged against
+    for index, (position, _, _) in enumerate(normal_placed):
+        shard = position.split(":")[0]
+        latest_normal_ms[shard] = max(latest_normal_ms.get(shard, 0), base_ms + index * 1000)
 
     run = run_source(
         tmp_path,
@@ -194,7 +201,9 @@ def test_reads_every_record_once_at_event_time_with_late_and_garbage(moto_endpoi
         assert row["reason"] == LATE
         assert row["line"] == printable(data)
         assert row["event_time_ms"] == event_ms
-        assert row["timestamp_us"] == event_ms * 1000
+        # Dated at the bound it missed (10 s, the default out-of-orderness, behind the
+        # latest record before it in its shard), so its dead-letter window is still open.
+        assert row["timestamp_us"] == (latest_normal_ms[row["position"].split(":")[0]] - 10_000) * 1000
 
     assert run.counters["kinesis_records_read"] == len(placed)
     assert run.counters["kinesis_late_records"] == len(late_placed)
@@ -612,6 +621,14 @@ def test_place_record_and_watermark_rules():
     assert place_record(2_000, 9_000, 2_000) == (2_000, False)  # at the watermark is on time
     assert place_record(None, 9_000, 2_000) == (9_000, False)  # garbage: arrival time
     assert place_record(None, 1_000, 2_000) == (2_000, False)  # never behind the watermark
+
+    # The bound: the watermark already reported, or the out-of-orderness behind the latest
+    # event time read before in the shard, whichever is later; whatever the batches were.
+    assert lateness_bound_ms(None, None, 10_000) is None
+    assert lateness_bound_ms(5_000, None, 10_000) == 5_000
+    assert lateness_bound_ms(None, 30_000, 10_000) == 20_000
+    assert lateness_bound_ms(5_000, 30_000, 10_000) == 20_000
+    assert lateness_bound_ms(25_000, 30_000, 10_000) == 25_000  # an idle shard's clock went further
 
     busy = ShardCursor("a", "AFTER_SEQUENCE_NUMBER:1", max_event_ms=50_000)
     unknown = ShardCursor("b", "TRIM_HORIZON")

@@ -143,8 +143,10 @@ def test_counter_updates_carry_absolute_values_of_changed_keys_only():
     assert dict(updates[70].levels) == {"a": 1, "b": 1}  # p1 moved a -> b at 00:01:05
     assert dict(updates[325].levels) == {"a": 0}  # p2 left a at 00:05:20
     assert dict(updates[725].levels) == {"c": 0} and dict(updates[725].transition_totals) == {"c/": 1}
-    assert updates[60].checkpoint == Checkpoint(60 * S, (("a", 2),), (("/a", 2),))
-    assert 30 not in updates  # nothing changed, not a window end: no write
+    assert 30 not in updates and 60 not in updates  # nothing changed: no write, window end or not
+    checkpoints = {c.as_of_ms // S: c for c in step.checkpoints}
+    assert checkpoints[60] == Checkpoint(60 * S, (("a", 2),), (("/a", 2),))
+    assert set(checkpoints) == {s.window_end_ms // S for s in step.snapshots}  # one per window end
 
 
 def test_closing_in_several_steps_equals_closing_at_once():
@@ -159,7 +161,7 @@ def test_closing_in_several_steps_equals_closing_at_once():
 
 def test_resuming_from_a_checkpoint_skips_what_was_applied_and_continues_exactly():
     once = advance_ledger(Ledger(), sums_of(WORKED), 10**9, U, W)
-    checkpoint = next(u.checkpoint for u in once.updates if u.as_of_ms == 120 * S)
+    checkpoint = next(c for c in once.checkpoints if c.as_of_ms == 120 * S)
     resumed = advance_ledger(Ledger.resume_from(checkpoint, U), sums_of(WORKED), 10**9, U, W)
     assert resumed.snapshots == [s for s in once.snapshots if s.window_end_ms > 120 * S]
     assert resumed.updates == [u for u in once.updates if u.as_of_ms > 120 * S]

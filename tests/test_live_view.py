@@ -34,9 +34,16 @@ TRANSITION_INFO = {
     ],
 }
 PIPELINE_STATUS = {
+    "status_time": "2026-11-22T16:05:10Z",
+    "state": "RUNNING",
+    "engine": "PrismRunner",
     "run_started": "2026-11-22T16:00:00Z",
-    "run_finished": "2026-11-22T16:00:10Z",
+    "run_finished": None,
+    "closed_until": "2026-11-22T16:05:05Z",  # lag 7 s at NOW_MS
     "committed_until": "2026-11-22T16:05:00Z",
+    "stream_records_per_sec": 31.2,
+    "pipeline_records_per_sec": 45.5,
+    "behind_latest_ms": 2000,
     "records_read": 312,
     "observations": 300,
     "transitions": 35,
@@ -47,9 +54,11 @@ PIPELINE_STATUS = {
     "s3_puts": 8,
 }
 LEVELS = {"gems-in-the-deep": 17, "dungeons-of-kithgard": 9, "kithgard-gates": 4, "shadow-guard": 2, "old": 0}
+PUBLISHED_MS = NOW_MS - 6_000  # the last window (ending 16:05:00) was published at 16:05:06
 EXPECTED_LINE = (
     "2026-11-22T16:05:00Z players=32 top=gems-in-the-deep:17,dungeons-of-kithgard:9,kithgard-gates:4,…"
-    " transitions=35 events/s=31.2 lag=12s dead_letters=3 ddb_writes=120 throttles=4"
+    " transitions=35 published_after=6s stream/s=31.2 pipeline/s=45.5 lag=7s dead_letters=3"
+    " ddb_writes=120 throttles=4"
 )
 
 
@@ -59,6 +68,7 @@ def fixed_state(**changes) -> ViewState:
         transition_info=TRANSITION_INFO,
         status=PIPELINE_STATUS,
         committed_ms=COMMITTED_MS,
+        window_published_ms=PUBLISHED_MS,
     )
     return state._replace(**changes)
 
@@ -95,7 +105,9 @@ def test_frame_shows_the_top_ten_transitions_with_enter_and_leave():
 
     lines = render_frame(state, width=100, now_ms=NOW_MS).splitlines()
 
-    start = lines.index("top transitions, window ending 2026-11-22T16:05:00Z (60 s)")
+    start = lines.index(
+        "top transitions, window ending 2026-11-22T16:05:00Z (60 s), published 6s after its end"
+    )
     shown = [line.split() for line in lines[start + 1 : start + 11]]
     assert shown[0] == ["(enter)", "→", "gems-in-the-deep", "50"]
     assert shown[1] == ["a", "→", "(leave)", "30"]
@@ -106,9 +118,12 @@ def test_frame_shows_the_top_ten_transitions_with_enter_and_leave():
 def test_frame_shows_the_pipeline_status_and_the_lag():
     frame = render_frame(fixed_state(), width=120, now_ms=NOW_MS)
 
-    assert "events/s 31.2   watermark lag 12s (committed until 2026-11-22T16:05:00Z)" in frame
+    assert "events/s: stream 31.2, pipeline 45.5   behind the stream 2s" in frame
+    assert "lag 7s (counts as of 2026-11-22T16:05:05Z, committed until 2026-11-22T16:05:00Z)" in frame
+    assert "window ending 2026-11-22T16:05:00Z (60 s), published 6s after its end" in frame
     assert "dead letters 3 (late 2, unparseable 1)" in frame
     assert "dynamodb writes 120   throttles 4   rejected repeats 0   s3 puts 8" in frame
+    assert "pipeline RUNNING on PrismRunner since 2026-11-22T16:00:00Z   records read 312" in frame
 
 
 def test_frame_cut_to_the_terminal_height():
@@ -122,14 +137,24 @@ def test_frame_cut_to_the_terminal_height():
 
 
 def test_missing_status_and_checkpoint_show_dashes():
-    state = fixed_state(status={"records_read": 5}, committed_ms=None)  # no run times, no counts
+    levels = tuple(LevelItem(level, n) for level, n in LEVELS.items())  # no asOf either
+    state = fixed_state(
+        status={"records_read": 5}, committed_ms=None, levels=levels, window_published_ms=None
+    )
 
     assert status_line(state, NOW_MS) == (
         "2026-11-22T16:05:00Z players=32 top=gems-in-the-deep:17,dungeons-of-kithgard:9,kithgard-gates:4,…"
-        " transitions=35 events/s=— lag=— dead_letters=— ddb_writes=— throttles=—"
+        " transitions=35 published_after=— stream/s=— pipeline/s=— lag=— dead_letters=— ddb_writes=— throttles=—"
     )
     frame = render_frame(state, width=100, now_ms=NOW_MS)
-    assert "events/s —   watermark lag — (committed until —)" in frame
+    assert "events/s: stream —, pipeline —   behind the stream —" in frame
+    assert "lag — (counts as of —, committed until —)" in frame
+
+
+def test_lag_follows_the_fresher_of_the_status_and_the_level_table():
+    newer_table = tuple(LevelItem(level, n, NOW_MS - 3_000) for level, n in LEVELS.items())
+    assert live_view.lag_ms(fixed_state(levels=newer_table), NOW_MS) == 3_000
+    assert live_view.lag_ms(fixed_state(), NOW_MS) == 7_000  # the status's closed_until is newer
 
 
 def test_status_line_of_a_fixed_state():
@@ -204,6 +229,7 @@ def publish_tables(endpoint: str) -> tuple[str, str]:
 
 def write_snapshot_dir(root) -> str:
     (root / "transition_information.json").write_text(json.dumps(TRANSITION_INFO))
+    os.utime(root / "transition_information.json", (PUBLISHED_MS / 1000, PUBLISHED_MS / 1000))
     (root / "pipeline_status.json").write_text(json.dumps(PIPELINE_STATUS))
     return str(root)
 
@@ -228,7 +254,13 @@ def test_no_tty_once_reads_tables_and_s3(moto_endpoint):  # noqa: F811
     )
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout == EXPECTED_LINE + "\n"
+    # Published when the test put the object, not in the fixture's 2026: only the rest is fixed.
+    modified = s3.head_object(Bucket=bucket, Key="live/transition_information.json")["LastModified"]
+    published_after = live_view.format_duration(int(modified.timestamp() * 1000) - (NOW_MS - 12_000))
+    assert (
+        result.stdout
+        == EXPECTED_LINE.replace("published_after=6s", f"published_after={published_after}") + "\n"
+    )
 
 
 def test_tty_once_frame_from_tables_and_a_directory(moto_endpoint, tmp_path):  # noqa: F811
@@ -254,7 +286,7 @@ def test_tty_once_frame_from_tables_and_a_directory(moto_endpoint, tmp_path):  #
     assert "players per level, as of 2026-11-22T16:05:00Z" in frame
     assert "total players: 32" in frame
     assert "(enter) → gems-in-the-deep" in frame and "kithgard-gates → (leave)" in frame
-    assert "watermark lag 12s" in frame
+    assert "lag 7s (counts as of 2026-11-22T16:05:05Z" in frame
     assert "error" not in frame
 
 
@@ -363,7 +395,9 @@ def test_duration_stops_the_view(tmp_path):
 
     assert result.returncode == 0, result.stderr
     [line] = result.stdout.splitlines()
-    assert line.startswith("2026-11-22T16:05:00Z players=— top=— transitions=35 events/s=31.2 lag=— ")
+    assert line.startswith(
+        "2026-11-22T16:05:00Z players=— top=— transitions=35 published_after=6s stream/s=31.2 pipeline/s=45.5 lag="
+    )
     assert "error=level-state: EndpointConnectionError" in line
 
 

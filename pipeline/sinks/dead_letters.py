@@ -3,15 +3,17 @@
     {path}/{window_end}.jsonl   the dead letters whose timestamp falls in the window
     {path}/undated.jsonl        bounded input only: lines that never got an event time
 
-A record's timestamp is its event time, or, for a line without a readable one, its
-arrival time in the stream. Each object is written once its window is complete (the
-watermark passed its end), with its lines sorted, so writing a window again (a retried
+A dead letter's window is that of its timestamp, as its source gave it: in a stream,
+the record's event time, or for a record without a readable one its arrival time, or
+for a late record the instant it missed (pipeline.sources.kinesis); a file line has no
+timestamp and is placed by its own event time, or in `undated.jsonl` when it has none.
+Each object is written once its window is complete (the watermark passed its end),
+while the pipeline runs, with its lines sorted, so writing a window again (a retried
 bundle, a replay after a restart) writes the same bytes under the same name.
 
-`final_before` (frontiers of a segment run, see pipeline.main) and `after_ms` (the
-checkpoint a restarted run resumes from) limit the windows written to those this run
-owns: ending after the checkpoint (earlier ones were written before the restart) and
-no later than the frontier (later ones are not complete yet; the next run writes them).
+`after_ms` (the checkpoint a restarted run resumes from) limits the windows written to
+those this run owns: the windows ending up to the checkpoint were written before it
+(the checkpoint is committed only after them, see pipeline.sinks.commit).
 """
 
 from typing import Optional
@@ -32,31 +34,33 @@ def object_name(window_end_ms: int | None) -> str:
     return f"{UNDATED}.jsonl" if window_end_ms is None else f"{iso_utc(window_end_ms)}.jsonl"
 
 
-def owned_by_this_run(window_end_ms: int | None, after_ms: int | None, final_before_ms: int | None) -> bool:
-    if window_end_ms is None:
-        return True
-    if after_ms is not None and window_end_ms <= after_ms:
-        return False
-    return final_before_ms is None or window_end_ms <= final_before_ms
+def owned_by_this_run(window_end_ms: int | None, after_ms: int | None) -> bool:
+    return window_end_ms is None or after_ms is None or window_end_ms > after_ms
+
+
+def placed_at_ms(letter, timestamp: Timestamp) -> int | None:
+    """The instant that decides a dead letter's object: its timestamp from the source,
+    else (a file line) its own event time; None when it has neither."""
+    if MIN_TIMESTAMP < timestamp < MAX_TIMESTAMP:
+        return timestamp.micros // 1000
+    return letter.event_time_ms
 
 
 class _KeyByObjectFn(beam.DoFn):
-    """DeadLetter -> (window end ms or None, JSON line), re-timestamped at its event time
-    when it has one, so a bounded input windows it like a stream does."""
+    """DeadLetter -> (window end ms or None, JSON line), timestamped at the instant that
+    places it, so a bounded input windows it like a stream does."""
 
     def __init__(self, window_ms: int):
         self._window_ms = window_ms
 
     def process(self, letter, timestamp=beam.DoFn.TimestampParam):
-        if letter.event_time_ms is not None:
-            time_ms = letter.event_time_ms
-        elif MIN_TIMESTAMP < timestamp < MAX_TIMESTAMP:
-            time_ms = timestamp.micros // 1000  # arrival time, given by the stream source
+        time_ms = placed_at_ms(letter, timestamp)
+        if time_ms is None:
+            keyed = (None, letter.to_json())  # a file line with no usable time
         else:
-            yield (None, letter.to_json())  # a file line with no usable time
-            return
-        end_ms = window_start(time_ms, self._window_ms) + self._window_ms
-        yield window.TimestampedValue((end_ms, letter.to_json()), Timestamp(micros=time_ms * 1000))
+            end_ms = window_start(time_ms, self._window_ms) + self._window_ms
+            keyed = window.TimestampedValue((end_ms, letter.to_json()), Timestamp(micros=time_ms * 1000))
+        yield keyed
 
 
 class _WriteObjectFn(beam.DoFn):
@@ -66,40 +70,37 @@ class _WriteObjectFn(beam.DoFn):
         self._written = metrics.counter("dead_letters_written")
         self._objects = metrics.counter("dead_letter_objects_written")
 
-    def process(self, element, frontiers=None):
+    def process(self, element):
         window_end_ms, lines = element
-        final_before_ms = None
-        if frontiers is not None:
-            if not frontiers:
-                return  # a segment whose readers made nothing final
-            final_before_ms = min(frontiers)
-        if not owned_by_this_run(window_end_ms, self._after_ms, final_before_ms):
-            return
-        lines = sorted(lines)
-        body = ("\n".join(lines) + "\n").encode("utf-8")
-        write_object(join_path(self._path, object_name(window_end_ms)), body)
-        self._written.inc(len(lines))
-        self._objects.inc()
+        if owned_by_this_run(window_end_ms, self._after_ms):
+            lines = sorted(lines)
+            body = ("\n".join(lines) + "\n").encode("utf-8")
+            write_object(join_path(self._path, object_name(window_end_ms)), body)
+            self._written.inc(len(lines))
+            self._objects.inc()
+        yield window_end_ms
 
 
 class WriteDeadLetters(beam.PTransform):
-    def __init__(self, path: str, window_secs: int, after_ms: int | None = None, final_before=None):
+    """DeadLetter -> one object per window; returns the window end (ms, or None for
+    `undated`) of each object, timestamped at its window's last microsecond."""
+
+    def __init__(self, path: str, window_secs: int, after_ms: int | None = None):
         super().__init__()
         self._path = path
         self._window_secs = window_secs
         self._after_ms = after_ms
-        self._final_before = final_before  # PCollection of frontier ms, or None
 
     def expand(self, dead_letters):
-        side = () if self._final_before is None else (beam.pvalue.AsList(self._final_before),)
-        keyed = dead_letters | "KeyByObject" >> beam.ParDo(
-            _KeyByObjectFn(int(self._window_secs * 1000))
-        ).with_output_types(KV[Optional[int], str])  # noqa: UP045 - a Beam type hint
-        if not dead_letters.is_bounded:
-            # A stream: group per window, written when the watermark passes its end.
-            keyed = keyed | "IntoWindows" >> beam.WindowInto(window.FixedWindows(self._window_secs))
         return (
-            keyed
+            dead_letters
+            | "KeyByObject"
+            >> beam.ParDo(_KeyByObjectFn(int(self._window_secs * 1000))).with_output_types(
+                KV[Optional[int], str]  # noqa: UP045 - a Beam type hint
+            )
+            # Grouped per window, written when the watermark passes its end: as the
+            # stream goes, and all at the end of a bounded input.
+            | "IntoWindows" >> beam.WindowInto(window.FixedWindows(self._window_secs))
             | "GroupPerObject" >> beam.GroupByKey()
-            | "WriteDeadLetterObjects" >> beam.ParDo(_WriteObjectFn(self._path, self._after_ms), *side)
+            | "WriteDeadLetterObjects" >> beam.ParDo(_WriteObjectFn(self._path, self._after_ms))
         )

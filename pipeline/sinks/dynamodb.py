@@ -22,7 +22,6 @@ from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
 from pipeline import metrics
 from pipeline.ledger import Checkpoint, CounterUpdate
-from pipeline.sinks.snapshots import publish_snapshot
 from pipeline.snapshots import iso_utc
 
 _LOG = logging.getLogger(__name__)
@@ -139,8 +138,8 @@ def default_client(region: str, endpoint_url: str | None):
 
 
 class _WriteCounterUpdatesFn(beam.DoFn):
-    """Writes one CounterUpdate: its level and transition items in parallel, then, only
-    when all of them succeeded, its checkpoint. Yields the CounterUpdate once written.
+    """Writes one CounterUpdate: its level and transition items, in parallel. Yields the
+    CounterUpdate once every item is written.
 
     Why effectively once: every item holds an absolute value and the asOf of the update
     instant it belongs to, and is written with an UpdateItem conditioned on
@@ -152,45 +151,20 @@ class _WriteCounterUpdatesFn(beam.DoFn):
     dynamodb_rejected_repeats. Any other failure, after bounded retries, raises: the
     runner retries the bundle, which is safe for the same reason.
 
-    Why the checkpoint is last: a restarted pipeline resumes from the stored checkpoint
-    and never re-emits the updates before it, so a checkpoint at T may only be stored
-    once every item of update T is. The checkpoint write has the same condition, so an
-    older checkpoint never replaces a newer one. Limit: the items of EARLIER updates
-    are not re-checked; if one of them is still failing (out-of-order processing) when
-    checkpoint T is stored and the pipeline is then restarted, that older value is not
-    rewritten unless its key changes again.
+    The checkpoint is not written here but by CommitCheckpoints, once the watermark
+    shows every update up to its instant written (pipeline.sinks.commit).
     """
 
-    def __init__(
-        self,
-        client_factory: Callable,
-        level_table: str,
-        transitions_table: str,
-        progress_table: str,
-        pipeline_name: str,
-        max_attempts: int,
-        backoff_base_secs: float,
-        backoff_max_secs: float,
-        snapshot_path: str | None = None,
-        window_secs: int = 60,
-    ):
+    def __init__(self, client_factory: Callable, level_table: str, transitions_table: str, retry: dict):
         self._client_factory = client_factory
-        self._snapshot_path = snapshot_path
-        self._window_secs = window_secs
         self._level_table = level_table
         self._transitions_table = transitions_table
-        self._progress_table = progress_table
-        self._pipeline_name = pipeline_name
-        self._max_attempts = max_attempts
-        self._backoff_base_secs = backoff_base_secs
-        self._backoff_max_secs = backoff_max_secs
+        self._retry = retry
         self._client = None
         self._pool = None
         self._writes = metrics.counter("dynamodb_writes")
         self._retries = metrics.counter("dynamodb_retries")
         self._repeats = metrics.counter("dynamodb_rejected_repeats")
-        self._checkpoints = metrics.counter("dynamodb_checkpoints")
-        self._snapshot_puts = metrics.counter("snapshot_objects_written")
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -212,41 +186,28 @@ class _WriteCounterUpdatesFn(beam.DoFn):
             transition_write(self._transitions_table, k, n, update.as_of_ms)
             for k, n in update.transition_totals
         ]
-        futures = [self._pool.submit(self._write, w) for w in writes]
+        futures = [self._pool.submit(write_item, self._client, w, **self._retry) for w in writes]
         errors = []
         for future in futures:  # wait for all, so none is still in flight when we raise
             try:
-                self._count(future.result())
+                count_outcome(future.result(), self._writes, self._retries, self._repeats)
             except Exception as error:  # noqa: BLE001 - re-raised below, after all are done
                 errors.append(error)
         if errors:
             for error in errors[1:]:
                 _LOG.error("%s", error)
             raise errors[0]
-        if update.snapshot is not None and self._snapshot_path:
-            # Published before the checkpoint: a restart never re-emits a window it covers.
-            self._snapshot_puts.inc(publish_snapshot(self._snapshot_path, self._window_secs, update.snapshot))
-        if update.checkpoint is not None:
-            self._count(
-                self._write(checkpoint_write(self._progress_table, self._pipeline_name, update.checkpoint))
-            )
-            self._checkpoints.inc()
         yield update
 
-    def _write(self, write: _Write) -> _Outcome:
-        return write_item(
-            self._client, write, self._max_attempts, self._backoff_base_secs, self._backoff_max_secs
-        )
 
-    def _count(self, outcome: _Outcome):
-        self._retries.inc(outcome.retries)
-        if outcome.repeat:
-            self._repeats.inc()
-        else:
-            self._writes.inc()
+def count_outcome(outcome: _Outcome, writes, retries, repeats):
+    retries.inc(outcome.retries)
+    (repeats if outcome.repeat else writes).inc()
 
 
-class _DefaultClientFactory:
+class DefaultClientFactory:
+    """Picklable: the client itself is made in each worker's setup()."""
+
     def __init__(self, region: str, endpoint_url: str | None):
         self._region = region
         self._endpoint_url = endpoint_url
@@ -255,10 +216,17 @@ class _DefaultClientFactory:
         return default_client(self._region, self._endpoint_url)
 
 
+def retry_settings(max_attempts=8, backoff_base_secs=0.1, backoff_max_secs=5.0) -> dict:
+    return {
+        "max_attempts": max_attempts,
+        "backoff_base_secs": backoff_base_secs,
+        "backoff_max_secs": backoff_max_secs,
+    }
+
+
 class WriteCounterUpdates(beam.PTransform):
-    """CounterUpdates -> DynamoDB. Returns the CounterUpdates, each once it is written.
-    With `snapshot_path`, a window end's update also publishes that window's snapshot,
-    before its checkpoint."""
+    """CounterUpdates -> the level and transitions tables. Returns the CounterUpdates,
+    each once it is written."""
 
     def __init__(
         self,
@@ -266,27 +234,15 @@ class WriteCounterUpdates(beam.PTransform):
         endpoint_url=None,
         level_table="level-state",
         transitions_table="transitions",
-        progress_table="level-analytics-progress",
-        pipeline_name="level-analytics",
         client_factory=None,
-        max_attempts=8,
-        backoff_base_secs=0.1,
-        backoff_max_secs=5.0,
-        snapshot_path=None,
-        window_secs=60,
+        **retry,
     ):
         super().__init__()
         self._fn = _WriteCounterUpdatesFn(
-            client_factory or _DefaultClientFactory(region, endpoint_url),
+            client_factory or DefaultClientFactory(region, endpoint_url),
             level_table,
             transitions_table,
-            progress_table,
-            pipeline_name,
-            max_attempts,
-            backoff_base_secs,
-            backoff_max_secs,
-            snapshot_path,
-            window_secs,
+            retry_settings(**retry),
         )
 
     def expand(self, counter_updates):

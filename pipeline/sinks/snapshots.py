@@ -84,9 +84,12 @@ class _WriteSnapshotFn(beam.DoFn):
 
     def process(self, snapshot):
         self._puts.inc(publish_snapshot(self._path, self._window_secs, snapshot))
+        yield snapshot.window_end_ms
 
 
 class WriteSnapshots(beam.PTransform):
+    """Snapshot -> its objects; returns the window end (ms) of each window published."""
+
     def __init__(self, snapshot_path: str, window_secs: int):
         super().__init__()
         self._path = snapshot_path

@@ -23,7 +23,8 @@ Design
 * Each process() call polls every shard of the restriction once (at most one GetRecords
   per shard per poll_interval_secs >= 0.2 s, i.e. the service's 5 calls/s), claims each
   record before emitting it, advances the ManualWatermarkEstimator, then checkpoints with
-  `tracker.defer_remainder()` (this Beam's Python runners ignore ProcessContinuation).
+  `tracker.defer_remainder()`: a runner resumes the residual at once, and the pacing
+  above keeps the calls within the service's limits.
 
 Why a retry or a restore never duplicates or skips
 ---------------------------------------------------
@@ -42,31 +43,22 @@ Watermark and lateness
 Per restriction: min over its shards of (latest event time claimed - max out-of-
 orderness), never moving back. A shard caught up (empty GetRecords, MillisBehindLatest 0)
 and silent for idle_shard_secs follows the wall clock instead (now - out-of-orderness),
-so idle players still time out downstream. A record whose event time is behind the
-watermark this restriction already reported goes to LATE as a DeadLetter, so nothing
-downstream is ever late: lateness is judged where the watermark is made. A record without
+so idle players still time out downstream. A record is late when its event time is behind the
+watermark this restriction already reported, or more than the out-of-orderness behind
+a record read before it in its shard (the same rule whatever the GetRecords batch
+boundaries were). A late record goes to LATE as a DeadLetter, so nothing downstream is
+ever late: lateness is judged where the watermark is made. A record without
 a usable event time (not UTF-8, wrong field count, bad timestamp) is timestamped at its
 ApproximateArrivalTimestamp (raised to the watermark if behind it); the parser
 dead-letters it with the true reason.
 
 Stopping
 --------
-`stop_when_idle_secs`: once every shard is caught up and silent that long (tests,
-backfills); the watermark then goes to +infinity, so everything is final.
-`stop_when_caught_up`: as soon as every shard has been read to its tip once, i.e. all
-that was in the stream when the run started. The reader then emits FRONTIER, the
-watermark it had reached: only what comes before it is final. A run of this kind is
-one segment of a live pipeline on a runner without live watermarks (see
-pipeline/main.py); the next segment resumes from the committed checkpoint.
-
-`drain_backlog` (set by pipeline.main on the local runner): the first process() call
-reads every shard up to its tip before returning, so the backlog leaves as one bundle.
-The FnApiRunner hands a stateful stage the bundles of an ended source one after the
-other and fires timers already due (the watermark is +infinity by then) in between: a
-player's records from a later bundle would come after their timer had applied later
-ones, and be late. Measured: 1,000 players, 20k records over 2 shards, 1,000 records
-per call: 22 records late and wrong counts; drained: equal to the bounded run. Flink
-keeps real watermarks and reads in small steps.
+The reader runs until the pipeline is cancelled (`process` is declared
+`unbounded_per_element`: its output is an unbounded PCollection). With
+`stop_when_idle_secs` (tests, replays of a stream that has stopped) it finishes once
+every shard is caught up and silent that long; the watermark then goes to +infinity,
+so every player times out and everything is final.
 
 Not handled: KPL-aggregated records are emitted as they are (not de-aggregated).
 """
@@ -104,7 +96,6 @@ AFTER_SEQUENCE_NUMBER = "AFTER_SEQUENCE_NUMBER"
 
 MIN_POLL_INTERVAL_SECS = 0.2  # Kinesis allows 5 GetRecords calls per second per shard
 MAX_RECORDS_LIMIT = 10000  # GetRecords' own maximum
-MIN_FRONTIER_MS = -(2**62)  # a reader that read nothing makes nothing final
 MAX_BACKOFF_SECS = 5.0
 CHILD_LISTING_INTERVAL_SECS = 1.0  # how often to look for the children of an ended shard
 
@@ -199,7 +190,6 @@ class ShardCursor(NamedTuple):
     position: str  # TRIM_HORIZON, AT_TIMESTAMP:<ms> or AFTER_SEQUENCE_NUMBER:<seq>
     max_event_ms: int | None = None  # latest event time claimed in this shard
     quiet_since_ms: int | None = None  # wall clock since when caught up and silent
-    reached_tip: bool = False  # read up to the shard's tip at least once (stop_when_caught_up)
 
 
 class KinesisRestriction(NamedTuple):
@@ -221,12 +211,6 @@ class CaughtUpClaim(NamedTuple):
 
     shard_id: str
     now_ms: int
-
-
-class TipClaim(NamedTuple):
-    """A GetRecords that returned the last records of the shard (not empty, not full)."""
-
-    shard_id: str
 
 
 class ShardEndClaim(NamedTuple):
@@ -253,7 +237,11 @@ class KinesisShardsTracker(RestrictionTracker):
         return self._restriction
 
     def current_progress(self):
-        return RestrictionProgress(completed=self._claims, remaining=0 if self._restriction.finished else 1)
+        """Claims made, and 1 for "more to come" (a stream's remainder has no size). Never
+        0 of 0: a runner divides by the total."""
+        if self._restriction.finished:
+            return RestrictionProgress(completed=max(1, self._claims), remaining=0)
+        return RestrictionProgress(completed=self._claims, remaining=1)
 
     def is_bounded(self):
         return self._restriction.finished
@@ -295,11 +283,8 @@ class KinesisShardsTracker(RestrictionTracker):
             )
         elif isinstance(claim, CaughtUpClaim):
             cursors[index] = cursor._replace(
-                quiet_since_ms=claim.now_ms if cursor.quiet_since_ms is None else cursor.quiet_since_ms,
-                reached_tip=True,
+                quiet_since_ms=claim.now_ms if cursor.quiet_since_ms is None else cursor.quiet_since_ms
             )
-        elif isinstance(claim, TipClaim):
-            cursors[index] = cursor._replace(reached_tip=True)
         elif isinstance(claim, ShardEndClaim):
             known = {c.shard_id for c in cursors}
             cursors[index : index + 1] = [c for c in claim.children if c.shard_id not in known]
@@ -324,14 +309,24 @@ class _KinesisRestrictionProvider(RestrictionProvider):
 # --- Rules -----------------------------------------------------------------------------
 
 
-def place_record(event_ms, arrival_ms: int, watermark_ms) -> tuple:
-    """(timestamp ms, is late) of a record, given the watermark already reported.
+def lateness_bound_ms(reported_ms, shard_max_ms, out_of_orderness_ms: int):
+    """The earliest event time a record may have and still count: the watermark this
+    restriction already reported, or the out-of-orderness behind the latest event time
+    read before it in its shard, whichever is later (None: no bound yet). The second
+    makes the rule the same whatever the GetRecords batches were."""
+    shard_bound = None if shard_max_ms is None else shard_max_ms - out_of_orderness_ms
+    bounds = [b for b in (reported_ms, shard_bound) if b is not None]
+    return max(bounds) if bounds else None
 
-    Without an event time: arrival time, raised to the watermark so it is never late
+
+def place_record(event_ms, arrival_ms: int, bound_ms) -> tuple:
+    """(timestamp ms, is late) of a record, given its lateness bound.
+
+    Without an event time: arrival time, raised to the bound so it is never late
     (the parser dead-letters the line with its true reason)."""
     if event_ms is None:
-        return (arrival_ms if watermark_ms is None else max(arrival_ms, watermark_ms)), False
-    return event_ms, watermark_ms is not None and event_ms < watermark_ms
+        return (arrival_ms if bound_ms is None else max(arrival_ms, bound_ms)), False
+    return event_ms, bound_ms is not None and event_ms < bound_ms
 
 
 def epoch_ms(moment) -> int:
@@ -440,6 +435,7 @@ class _ReadShardsFn(beam.DoFn):
         self._expired = metrics.counter("kinesis_expired_iterators")
         self._late = metrics.counter("kinesis_late_records")
         self._per_shard = {}
+        self._gauges = {}
 
     def setup(self):
         self._client = self._client_factory()
@@ -450,20 +446,27 @@ class _ReadShardsFn(beam.DoFn):
         self._backoffs = {}  # shard_id -> consecutive throttles
         self._ended = {}  # shard_id -> monotonic time to look for its children again
 
+    @beam.DoFn.unbounded_per_element()
     def process(
         self,
         root: RootShard,
         tracker=beam.DoFn.RestrictionParam(_KinesisRestrictionProvider()),
         watermark=beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),
     ):
-        while True:
-            for cursor in tracker.current_restriction().cursors:
-                claimed = yield from self._poll_shard(root, cursor, tracker, watermark.current_watermark())
-                if not claimed:
-                    return  # the runner checkpointed under us: the residual is already set
-            restriction = tracker.current_restriction()
-            if not self._s["drain_backlog"] or all(c.reached_tip for c in restriction.cursors):
-                break
+        """One poll of every shard of the restriction, then a checkpoint (or the end)."""
+        reported = watermark.current_watermark()
+        reported_ms = None if reported is None else reported.micros // 1000
+        refused = False
+        for cursor in tracker.current_restriction().cursors:
+            refused = not (yield from self._poll_shard(root, cursor, tracker, reported_ms))
+            if refused:
+                break  # the runner checkpointed under us: the residual is already set
+        if not refused:
+            self._settle(tracker, watermark)
+
+    def _settle(self, tracker, watermark):
+        """Report the watermark; then finish (stop rule, or no shard left) or checkpoint."""
+        restriction = tracker.current_restriction()
         now_ms = _now_ms()
         mark = restriction_watermark_ms(
             restriction, now_ms, self._s["out_of_orderness_ms"], self._s["idle_shard_ms"]
@@ -472,24 +475,12 @@ class _ReadShardsFn(beam.DoFn):
         if mark is not None and (current is None or Timestamp(micros=mark * 1000) > current):
             watermark.set_watermark(Timestamp(micros=mark * 1000))
         stop_ms = self._s["stop_when_idle_ms"]
-        if self._s["stop_when_caught_up"] and all(c.reached_tip for c in restriction.cursors):
-            # The watermark it reached: a shard with nothing read yet (and not idle) holds
-            # it, since its first records may be older than the other shards' last ones.
-            final = mark
-            _LOG.info(
-                "caught up with shards %s; final up to %s", [c.shard_id for c in restriction.cursors], final
-            )
-            yield pvalue.TaggedOutput(
-                ReadKinesisRecords.FRONTIER, MIN_FRONTIER_MS if final is None else final
-            )
-            tracker.try_claim(StopClaim())
-            return
         if not restriction.cursors or (stop_ms is not None and all_idle(restriction, now_ms, stop_ms)):
             tracker.try_claim(StopClaim())  # finished: this restriction's watermark goes to +inf
-            return
-        tracker.defer_remainder()
+        else:
+            tracker.defer_remainder()
 
-    def _poll_shard(self, root, cursor, tracker, current_watermark):
+    def _poll_shard(self, root, cursor, tracker, reported_ms):
         """Generator: one GetRecords on one shard; returns False if a claim was refused."""
         shard_id = cursor.shard_id
         if shard_id in self._ended:
@@ -521,7 +512,9 @@ class _ReadShardsFn(beam.DoFn):
             return True  # expired twice in a row: try again next round
         position = cursor.position
         last = claimed_sequence(position)
-        for record in response.get("Records", []):
+        shard_max_ms = cursor.max_event_ms
+        records = response.get("Records", [])
+        for record in records:
             sequence = record["SequenceNumber"]
             if last is not None and int(sequence) <= last:
                 continue  # already claimed: never emit twice
@@ -530,33 +523,36 @@ class _ReadShardsFn(beam.DoFn):
             if not tracker.try_claim(RecordClaim(shard_id, sequence, event_ms)):
                 return False
             position, last = after(sequence), int(sequence)
-            self._count(shard_id)
-            yield self._output(shard_id, sequence, data, event_ms, record, current_watermark)
+            bound_ms = lateness_bound_ms(reported_ms, shard_max_ms, self._s["out_of_orderness_ms"])
+            if event_ms is not None:
+                shard_max_ms = event_ms if shard_max_ms is None else max(shard_max_ms, event_ms)
+            arrival_ms = epoch_ms(record["ApproximateArrivalTimestamp"])
+            self._count(shard_id, arrival_ms)
+            yield self._output(f"{shard_id}:{sequence}", data, event_ms, arrival_ms, bound_ms)
+        self._gauge(shard_id, "behind_ms").set(int(response.get("MillisBehindLatest", 0)))
         next_iterator = response.get("NextShardIterator")
         if next_iterator is None:
             self._iterators.pop(shard_id, None)
             return self._adopt_children(root, shard_id, tracker)
         self._iterators[shard_id] = (position, next_iterator)
-        records = response.get("Records", [])
-        at_tip = response.get("MillisBehindLatest", 0) == 0
-        if not records and at_tip:
+        if not records and response.get("MillisBehindLatest", 0) == 0:
             return tracker.try_claim(CaughtUpClaim(shard_id, _now_ms()))
-        if at_tip and len(records) < self._s["max_records"] and not cursor.reached_tip:
-            return tracker.try_claim(TipClaim(shard_id))
         return True
 
-    def _output(self, shard_id, sequence, data, event_ms, record, current_watermark):
-        position = f"{shard_id}:{sequence}"
-        watermark_ms = None if current_watermark is None else current_watermark.micros // 1000
-        arrival_ms = epoch_ms(record["ApproximateArrivalTimestamp"])
-        time_ms, late = place_record(event_ms, arrival_ms, watermark_ms)
-        stamp = Timestamp(micros=time_ms * 1000)
+    def _output(self, position, data, event_ms, arrival_ms, bound_ms):
+        time_ms, late = place_record(event_ms, arrival_ms, bound_ms)
         if late:
             self._late.inc()
-            detail = f"event time {event_ms} ms is behind the source watermark {watermark_ms} ms"
+            detail = (
+                f"event time {event_ms} ms is behind {bound_ms} ms, the source's watermark or the "
+                "out-of-orderness bound behind an earlier record of its shard"
+            )
             letter = DeadLetter(LATE, detail, position, printable(data), event_ms)
-            return pvalue.TaggedOutput(ReadKinesisRecords.LATE, TimestampedValue(letter, stamp))
-        return TimestampedValue(EnrichedRecord(position, data), stamp)
+            # Dated at the instant it missed, so its dead-letter window is still open.
+            return pvalue.TaggedOutput(
+                ReadKinesisRecords.LATE, TimestampedValue(letter, Timestamp(micros=bound_ms * 1000))
+            )
+        return TimestampedValue(EnrichedRecord(position, data), Timestamp(micros=time_ms * 1000))
 
     def _adopt_children(self, root, shard_id, tracker):
         """Hands a closed shard over to its children; False if the claim was refused."""
@@ -604,11 +600,19 @@ class _ReadShardsFn(beam.DoFn):
             time.monotonic() + self._s["poll_interval_secs"] + random.uniform(0, ceiling)
         )
 
-    def _count(self, shard_id):
+    def _count(self, shard_id, arrival_ms):
         self._records.inc()
         if shard_id not in self._per_shard:
             self._per_shard[shard_id] = metrics.counter(f"kinesis_records_read_{shard_id}")
         self._per_shard[shard_id].inc()
+        self._gauge(shard_id, "latest_arrival_ms").set(arrival_ms)
+
+    def _gauge(self, shard_id, name):
+        """Per shard, so the status can take the max over shards (a gauge keeps the last value set)."""
+        key = (shard_id, name)
+        if key not in self._gauges:
+            self._gauges[key] = metrics.gauge(f"kinesis_{name}_{shard_id}")
+        return self._gauges[key]
 
 
 class ReadKinesisRecords(beam.PTransform):
@@ -618,7 +622,6 @@ class ReadKinesisRecords(beam.PTransform):
 
     RECORDS = "records"
     LATE = "late"
-    FRONTIER = "frontier"  # stop_when_caught_up: per reader, the event time its outputs are final before
 
     def __init__(
         self,
@@ -630,8 +633,6 @@ class ReadKinesisRecords(beam.PTransform):
         idle_shard_secs=30,
         max_records=1000,
         stop_when_idle_secs=None,
-        stop_when_caught_up=False,
-        drain_backlog=False,
         event_time_field=DEFAULT_EVENT_TIME_FIELD,
         poll_interval_secs=0.2,
         client_factory=None,
@@ -646,8 +647,6 @@ class ReadKinesisRecords(beam.PTransform):
             "idle_shard_ms": int(idle_shard_secs * 1000),
             "max_records": max(1, min(MAX_RECORDS_LIMIT, int(max_records))),
             "stop_when_idle_ms": None if stop_when_idle_secs is None else int(stop_when_idle_secs * 1000),
-            "stop_when_caught_up": bool(stop_when_caught_up),
-            "drain_backlog": bool(drain_backlog),
             "event_time_field": event_time_field,
             "poll_interval_secs": max(MIN_POLL_INTERVAL_SECS, float(poll_interval_secs)),
         }
@@ -661,5 +660,5 @@ class ReadKinesisRecords(beam.PTransform):
             | "ReadShards"
             >> beam.ParDo(
                 _ReadShardsFn(self._stream_name, self._client_factory, self._settings)
-            ).with_outputs(self.LATE, self.FRONTIER, main=self.RECORDS)
+            ).with_outputs(self.LATE, main=self.RECORDS)
         )

@@ -122,6 +122,7 @@ class _LedgerFn(beam.DoFn):
         self._snapshots = metrics.counter("snapshots")
         self._updates = metrics.counter("counter_updates")
         self._already_applied = metrics.counter("interval_sums_already_applied")
+        self._closed_until = metrics.gauge("ledger_closed_until_ms")
 
     def setup(self):
         size_state_cheaply()
@@ -174,6 +175,13 @@ class _LedgerFn(beam.DoFn):
         for snapshot in step.snapshots:
             self._snapshots.inc()
             yield window.TimestampedValue(snapshot, ms_to_timestamp(snapshot.window_end_ms))
+        for checkpoint in step.checkpoints:
+            yield pvalue.TaggedOutput(
+                KeepLedger.CHECKPOINTS,
+                window.TimestampedValue(checkpoint, ms_to_timestamp(checkpoint.as_of_ms)),
+            )
+        if step.ledger.next_instant_ms is not None:
+            self._closed_until.set(step.ledger.next_instant_ms - self._update_ms)
         pending.clear()
         for interval_sum in step.later:
             pending.add(interval_sum)
@@ -192,11 +200,13 @@ class _LedgerFn(beam.DoFn):
 
 class KeepLedger(beam.PTransform):
     """IntervalSum -> Snapshot (main output: one per window from the first window
-    with an event on, in order) and UPDATES: CounterUpdate per update instant with
-    the keys that changed, and the ledger's Checkpoint at window ends."""
+    with an event on, in order), UPDATES: CounterUpdate per update instant with
+    the keys that changed, and CHECKPOINTS: the whole ledger at each window end.
+    Each is timestamped at its instant."""
 
     SNAPSHOTS = "snapshots"
     UPDATES = "updates"
+    CHECKPOINTS = "checkpoints"
 
     def __init__(
         self,
@@ -220,5 +230,5 @@ class KeepLedger(beam.PTransform):
             | "CloseInstants"
             >> beam.ParDo(
                 _LedgerFn(self._update_ms, self._window_ms, self._resume_from, self._stale_after_ms)
-            ).with_outputs(self.UPDATES, main=self.SNAPSHOTS)
+            ).with_outputs(self.UPDATES, self.CHECKPOINTS, main=self.SNAPSHOTS)
         )

@@ -1,0 +1,143 @@
+"""CommitCheckpoints: the ledger's checkpoint to the progress table, last of all.
+
+A restarted pipeline resumes from the stored checkpoint C: it never rewrites a value,
+a snapshot or a dead-letter window up to C. So checkpoint C may be stored only once
+every output up to C is: the DynamoDB values of every update instant <= C, the
+snapshot objects of every window ending <= C, and the dead-letter objects of those
+windows. Those writers run in parallel, in their own steps; what orders them is the
+watermark. Each writer emits something for each output it wrote, timestamped at its
+instant (a window's dead letters at the window's last microsecond), and the commit
+step reads all of them: its input watermark passes C only once every writer has
+finished everything timestamped at or before C. Its timer, set at C + 1 ms (timers
+carry milliseconds), fires then, and only then is C written.
+
+Checkpoints that pile up behind a slow writer are coalesced: when the timer fires, the
+newest checkpoint it covers is written and the older ones are dropped (C is all a
+restart needs). The write is conditional on asOf like every other, so an older
+checkpoint never replaces a newer one, and a repeated one changes nothing.
+"""
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder
+from apache_beam.transforms import window
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
+from apache_beam.typehints import KV
+from apache_beam.utils.timestamp import Timestamp
+
+from pipeline import metrics
+from pipeline.ledger import Checkpoint
+from pipeline.sinks.dynamodb import (
+    DefaultClientFactory,
+    checkpoint_write,
+    count_outcome,
+    retry_settings,
+    write_item,
+)
+
+PIPELINE_NAME = "level-analytics"  # the progress table's key
+
+
+def commit_ms(checkpoint: Checkpoint) -> int:
+    """Just after the checkpoint's instant: outputs stamped at the instant itself are done."""
+    return checkpoint.as_of_ms + 1
+
+
+def due_and_later(pending: list, fired_at_ms: int) -> tuple:
+    """(the newest checkpoint due by `fired_at_ms` or None, the checkpoints not due yet)."""
+    due = [c for c in pending if commit_ms(c) <= fired_at_ms]
+    later = [c for c in pending if commit_ms(c) > fired_at_ms]
+    newest = max(due, key=lambda c: c.as_of_ms, default=None)
+    return newest, later
+
+
+def _timestamp(ms: int) -> Timestamp:
+    return Timestamp(micros=ms * 1000)
+
+
+class _CommitFn(beam.DoFn):
+    """One key. Holds the checkpoints not written yet; writes each when its timer fires."""
+
+    PENDING = BagStateSpec("pending_checkpoints", PickleCoder())
+    COMMIT = TimerSpec("commit", TimeDomain.WATERMARK)
+
+    def __init__(self, client_factory, progress_table: str, retry: dict):
+        self._client_factory = client_factory
+        self._progress_table = progress_table
+        self._retry = retry
+        self._client = None
+        self._writes = metrics.counter("dynamodb_writes")
+        self._retries = metrics.counter("dynamodb_retries")
+        self._repeats = metrics.counter("dynamodb_rejected_repeats")
+        self._checkpoints = metrics.counter("dynamodb_checkpoints")
+        self._committed = metrics.gauge("committed_until_ms")
+
+    def __getstate__(self):
+        return dict(self.__dict__, _client=None)
+
+    def setup(self):
+        self._client = self._client_factory()
+
+    def process(
+        self,
+        element,
+        pending=beam.DoFn.StateParam(PENDING),
+        commit=beam.DoFn.TimerParam(COMMIT),
+    ):
+        _, checkpoint = element
+        held = list(pending.read())
+        pending.add(checkpoint)
+        if not held or commit_ms(checkpoint) < min(commit_ms(c) for c in held):
+            commit.set(_timestamp(commit_ms(checkpoint)))
+
+    @on_timer(COMMIT)
+    def on_commit(
+        self,
+        fired_at=beam.DoFn.TimestampParam,
+        pending=beam.DoFn.StateParam(PENDING),
+        commit=beam.DoFn.TimerParam(COMMIT),
+    ):
+        newest, later = due_and_later(list(pending.read()), fired_at.micros // 1000)
+        if newest is not None:
+            write = checkpoint_write(self._progress_table, PIPELINE_NAME, newest)
+            count_outcome(
+                write_item(self._client, write, **self._retry), self._writes, self._retries, self._repeats
+            )
+            self._checkpoints.inc()
+            self._committed.set(newest.as_of_ms)
+        pending.clear()
+        for checkpoint in later:
+            pending.add(checkpoint)
+        if later:
+            commit.set(_timestamp(min(commit_ms(c) for c in later)))
+
+
+class CommitCheckpoints(beam.PTransform):
+    """Checkpoints (timestamped at their instant) -> the progress table, each once every
+    PCollection in `written_before` ({name: a writer's output, each element timestamped
+    at the instant of what it wrote}) has passed its instant."""
+
+    def __init__(self, region, endpoint_url, progress_table, written_before, client_factory=None, **retry):
+        super().__init__()
+        self._written_before = dict(written_before)
+        self._fn = _CommitFn(
+            client_factory or DefaultClientFactory(region, endpoint_url),
+            progress_table,
+            retry_settings(**retry),
+        )
+
+    def expand(self, checkpoints):
+        # The writers' outputs only hold the watermark back; their elements are dropped.
+        barriers = [
+            written
+            | f"WaitFor{name}" >> beam.Filter(lambda _: False)
+            | f"Global{name}" >> beam.WindowInto(window.GlobalWindows())
+            for name, written in sorted(self._written_before.items())
+        ]
+        return (
+            (checkpoints, *barriers)
+            | "CheckpointsAfterWrites" >> beam.Flatten()
+            | "KeyForCommit" >> beam.Map(lambda c: ("game", c)).with_output_types(KV[str, Checkpoint])
+            # ("game", Checkpoint): one key
+            | "WriteCheckpoint" >> beam.ParDo(self._fn)
+        )
