@@ -56,7 +56,7 @@ SHARDS ?= 2
 RUN_FLAGS ?=
 
 run: install ## the whole system locally: embedded AWS (moto), live simulator, pipeline on Prism, dashboard, live view (Ctrl-C stops)
-	PRISM_LOCATION=$(PRISM) $(PY) -m pipeline.run_local --players $(PLAYERS) --event_gap_secs $(EVENT_GAP) --timeout_secs $(TIMEOUT) \
+	PRISM_LOCATION=$(PRISM) $(PY) -m pipeline.apps.run_local --players $(PLAYERS) --event_gap_secs $(EVENT_GAP) --timeout_secs $(TIMEOUT) \
 		--window_secs $(WINDOW) --minutes $(MINUTES) --shards $(SHARDS) $(RUN_FLAGS)
 
 # make dashboard SNAPSHOTS=s3://bucket/snapshots [ENDPOINT=http://127.0.0.1:PORT]
@@ -64,7 +64,7 @@ dashboard: $(STAMP) ## the web dashboard of what a pipeline published (SNAPSHOTS
 	$(PY) -m pipeline.apps.dashboard --snapshot_path $(SNAPSHOTS) $(if $(ENDPOINT),--aws_endpoint_url $(ENDPOINT)) $(DASHBOARD_FLAGS)
 
 backfill: $(STAMP) ## bounded replay: simulate 30 minutes of 300 players to a file, run the pipeline over it into out/
-	$(PY) -m pipeline.simulate --seed 7 --players 300 --minutes 30 --out out/events.tsv
+	$(PY) -m pipeline.apps.simulator --seed 7 --players 300 --minutes 30 --out out/events.tsv
 	$(PY) -m pipeline.main --input 'out/events.tsv' --snapshot_path out/snapshots --dead_letter_path out/dead_letters
 	@echo "snapshots in out/snapshots (latest: out/snapshots/level_information.json)"
 
@@ -83,7 +83,7 @@ test-flink: install ## only the Flink and portable-runner tests: embedded Flink,
 	FLINK_JOB_SERVER_JAR=$(FLINK_JAR) $(PY) -m pytest -q -rs tests/test_flink.py tests/test_portable_runner.py
 
 run-flink: $(STAMP) flink-jar ## `make run` with the pipeline on an embedded Flink (checkpoints on) instead of Prism
-	$(PY) -m pipeline.run_local --players $(PLAYERS) --event_gap_secs $(EVENT_GAP) --timeout_secs $(TIMEOUT) \
+	$(PY) -m pipeline.apps.run_local --players $(PLAYERS) --event_gap_secs $(EVENT_GAP) --timeout_secs $(TIMEOUT) \
 		--window_secs $(WINDOW) --minutes $(MINUTES) --shards $(SHARDS) $(RUN_FLAGS) \
 		--runner FlinkRunner --flink_master '[local]' --flink_job_server_jar $(FLINK_JAR) --parallelism 2
 

@@ -28,7 +28,7 @@ setup(
     description="Real-time level and transition counts from Snowplow enriched events, on Apache Beam.",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["pipeline", "pipeline.*"]),
-    package_data={"pipeline": ["data/*.json"], "pipeline.apps.dashboard": ["static/*"]},
+    package_data={"pipeline.rules": ["data/*.json"], "pipeline.apps.dashboard": ["static/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
 )

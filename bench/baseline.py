@@ -18,7 +18,7 @@ from snowplow_analytics_sdk.snowplow_event_transformation_exception import (
     SnowplowEventTransformationException,
 )
 
-from pipeline.events import parse_timestamp_ms
+from pipeline.rules.times import parse_timestamp_ms
 from pipeline.sources.files import ReadEnrichedFiles
 
 LEVEL_CONTEXT = "contexts_com_codecombat_level_context_1"

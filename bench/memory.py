@@ -20,9 +20,9 @@ import subprocess
 import sys
 
 from bench.common import ROOT, percentile
-from pipeline.levels import PlayerTimeline
-from pipeline.simulate import campaign_levels
-from pipeline.transforms.track import _TrackPlayerFn
+from pipeline.apps.simulator import campaign_levels
+from pipeline.rules.player_state import PlayerTimeline
+from pipeline.transforms.track_players import _TrackPlayerFn
 
 TIMEOUT_MS = 300_000
 MEAN_GAP_MS = 8_000

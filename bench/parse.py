@@ -3,8 +3,8 @@ dead-letter path against the good path, over the same generated lines."""
 
 import time
 
-from pipeline.simulate import SimulationSettings, simulate
-from pipeline.transforms.parse import EnrichedRecord, _ParseLineFn
+from pipeline.apps.simulator import SimulationSettings, simulate
+from pipeline.transforms.parse_events import EnrichedRecord, _ParseLineFn
 
 
 def bad_versions(good: bytes, kind: int) -> bytes:

@@ -3,7 +3,7 @@
     python -m bench.run [--quick]
 
 Prints one table and writes it as JSON to bench/results/ (a timestamped file and
-latest.json). Inputs are generated here, with pipeline.simulate. Each pipeline runs in
+latest.json). Inputs are generated here, with pipeline.apps.simulator. Each pipeline runs in
 a fresh child process (bench.child) and is timed without its imports. The machine is
 shared, so the ratios (measured minutes apart in the same run) mean more than the
 absolute rates. --quick shrinks every input, to check the harness itself.
@@ -21,17 +21,12 @@ import time
 from datetime import UTC, datetime
 
 from bench import memory, parse
-from bench.common import (
-    MotoServer,
-    child_result,
-    percentile,
-    put_records,
-    read_snapshot_dir,
-    run_child,
-    start_child,
-)
-from pipeline.events import BadLine, decode_line, event_time_ms
-from pipeline.simulate import SimulationSettings, simulate, write_lines
+from bench.common import child_result, percentile, run_child, start_child
+from pipeline.apps.producer import put_records
+from pipeline.apps.simulator import SimulationSettings, simulate, write_lines
+from pipeline.rules.observations import BadLine, decode_line, event_time_ms
+from pipeline.testing.aws_server import MotoServer
+from pipeline.testing.outputs import read_history_bytes
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 UPDATE_MS = 5000
@@ -132,7 +127,7 @@ def streaming_throughput(moto: MotoServer, work: str, players: int, duration_sec
     path = os.path.join(work, "stream_lines.tsv")
     write_lines(path, stream.lines)
     run_child("main", {"argv": [f"--input={path}", f"--snapshot_path={work}/stream_bounded_out"]})
-    same = read_snapshot_dir(f"{work}/stream_out") == read_snapshot_dir(f"{work}/stream_bounded_out")
+    same = read_history_bytes(f"{work}/stream_out") == read_history_bytes(f"{work}/stream_bounded_out")
     # The run ends idle_secs after the last record was read; that wait is not work.
     busy = result["seconds"] - idle_secs
     return {

@@ -13,25 +13,25 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, S3Options, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
-from pipeline.ledger import Checkpoint
-from pipeline.options import LevelAnalyticsOptions, unknown_flags
-from pipeline.run_status import STATUS_OBJECT, RunStatus
-from pipeline.runners import (  # also declares the Flink flags
+from pipeline.rules.ledger import Checkpoint
+from pipeline.rules.times import iso_utc
+from pipeline.runtime.engines import (  # also declares the Flink flags
     apply_runner_defaults,
     choose_engine,
     engine_errors,
     runner_name,
     runner_option_errors,
 )
+from pipeline.runtime.options import LevelAnalyticsOptions, unknown_flags
+from pipeline.runtime.run_status import STATUS_OBJECT, RunStatus
 from pipeline.sinks.dynamodb import create_tables, default_client, read_checkpoint
 from pipeline.sinks.publish import PublishOutputs
 from pipeline.sinks.snapshots import join_path, write_object
-from pipeline.snapshots import iso_utc
 from pipeline.sources.files import ReadEnrichedFiles
 from pipeline.sources.kinesis import ReadKinesisRecords
 from pipeline.transforms.count import CountPerInterval, KeepLedger
-from pipeline.transforms.parse import ParseEnrichedEvents
-from pipeline.transforms.track import TrackPlayerLevels
+from pipeline.transforms.parse_events import ParseEnrichedEvents
+from pipeline.transforms.track_players import TrackPlayerLevels
 
 _LOG = logging.getLogger(__name__)
 

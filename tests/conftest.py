@@ -1,28 +1,15 @@
-import json
-import os
-import sys
+"""Fixtures shared by the tests. Helpers that tests and benchmarks share live in
+pipeline.testing (the embedded AWS, output readers, the reference model)."""
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))  # so tests can import reference_model
+from pipeline.testing.aws_server import MotoServer
 
 
-def read_json(path):
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-@pytest.fixture
-def read_snapshot_dir():
-    """Reads the history objects of a snapshot directory as {window_end_iso: (levels, transitions)}."""
-
-    def read(root):
-        levels_dir = os.path.join(root, "history", "levels")
-        result = {}
-        for name in sorted(os.listdir(levels_dir)):
-            levels = read_json(os.path.join(levels_dir, name))
-            transitions = read_json(os.path.join(root, "history", "transitions", name))
-            result[name[: -len(".json")]] = (levels, transitions)
-        return result
-
-    return read
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """moto's real HTTP server on a loopback port for the whole session: "http://127.0.0.1:PORT",
+    with dummy credentials in os.environ. Tests give their streams, tables and buckets
+    names of their own."""
+    with MotoServer() as moto:
+        yield moto.endpoint

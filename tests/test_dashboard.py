@@ -22,16 +22,13 @@ import uuid
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from moto_server import REGION, moto_endpoint  # noqa: F401
 
 from pipeline.apps.dashboard import model
 from pipeline.apps.dashboard.model import (
     OUTSIDE,
     TableItem,
     Transition,
-    campaign_levels,
     counts_of,
-    iso_utc,
     level_order,
     level_rows,
     live_levels,
@@ -47,7 +44,9 @@ from pipeline.apps.dashboard.model import (
 )
 from pipeline.apps.dashboard.server import Dashboard, Settings, short_error
 from pipeline.apps.dashboard.sources import DirStore, History
-from pipeline.run_local import free_port
+from pipeline.rules.catalogue import campaign_levels
+from pipeline.rules.times import iso_utc
+from pipeline.testing.aws_server import REGION, free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HOSTILE = "<img src=x onerror=alert(1)>"
@@ -286,7 +285,7 @@ class EventStream:
 
 
 def test_campaign_levels_are_the_package_data_file():
-    with open(os.path.join(REPO, "pipeline", "data", "levels.json"), encoding="utf-8") as handle:
+    with open(os.path.join(REPO, "pipeline", "rules", "data", "levels.json"), encoding="utf-8") as handle:
         assert campaign_levels() == json.load(handle)["levels"]
 
 
@@ -627,7 +626,7 @@ def test_a_window_published_long_ago_shows_as_stale(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def s3_fixture(moto_endpoint):  # noqa: F811
+def s3_fixture(moto_endpoint):
     return S3Fixture(moto_endpoint)
 
 
@@ -748,7 +747,7 @@ def test_events_push_a_new_window_within_a_second_and_nothing_secret_reaches_the
         assert secret not in everything
 
 
-def test_read_errors_show_as_codes_and_the_help_warns_about_other_hosts(moto_endpoint):  # noqa: F811
+def test_read_errors_show_as_codes_and_the_help_warns_about_other_hosts(moto_endpoint):
     missing = f"s3://dashboard-missing-{uuid.uuid4().hex[:8]}/snaps"
     with running_dashboard(
         "--snapshot_path", missing, "--aws_endpoint_url", moto_endpoint, "--level_table", "no-such-table"

@@ -11,7 +11,6 @@ import tempfile
 import time
 
 import pytest
-from moto_server import moto_endpoint  # noqa: F401
 from test_dashboard import (
     HOSTILE,
     LATEST_COUNTS,
@@ -167,7 +166,7 @@ def console_errors(driver) -> list[dict]:
 @pytest.mark.browser
 def test_the_page_shows_the_published_numbers_updates_live_and_renders_slugs_as_text(
     browser,
-    moto_endpoint,  # noqa: F811
+    moto_endpoint,
     tmp_path,
 ):
     driver = browser

@@ -8,11 +8,11 @@ import boto3
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from botocore.exceptions import ClientError, ConnectionClosedError
-from moto_server import REGION, moto_endpoint  # noqa: F401
 
-from pipeline.ledger import Checkpoint, CounterUpdate
+from pipeline.rules.ledger import Checkpoint, CounterUpdate
 from pipeline.sinks.commit import CommitCheckpoints, commit_ms, due_and_later
 from pipeline.sinks.dynamodb import WriteCounterUpdates, create_tables, read_checkpoint
+from pipeline.testing.aws_server import REGION
 
 CHECKPOINT_1 = Checkpoint(60_000, (("a", 2),), (("/a", 2),))
 CHECKPOINT_2 = Checkpoint(120_000, (("a", 3),), (("/a", 4), ("a/b", 1), ("b/", 1)))
@@ -66,7 +66,7 @@ class Tables:
 
 
 @pytest.fixture
-def tables(moto_endpoint):  # noqa: F811
+def tables(moto_endpoint):
     return Tables(moto_endpoint)
 
 

@@ -10,14 +10,14 @@ import time
 import boto3
 import pytest
 from apache_beam.options.pipeline_options import DebugOptions, PrismRunnerOptions, StandardOptions
-from moto_server import REGION, make_stream, moto_endpoint  # noqa: F401
-from reference_model import model_transition_totals
-from test_kinesis_end_to_end import put_all
-from test_main_end_to_end import assert_history_equals_model
 
+from pipeline.apps.producer import put_records
+from pipeline.apps.simulator import SimulationSettings, simulate
 from pipeline.main import parse_options
-from pipeline.runners import PRISM_EXPERIMENT, default_prism_location
-from pipeline.simulate import SimulationSettings, simulate
+from pipeline.runtime.engines import PRISM_EXPERIMENT, default_prism_location
+from pipeline.testing.aws_server import REGION, make_stream
+from pipeline.testing.outputs import assert_history_equals_model, read_history
+from pipeline.testing.reference_model import model_transition_totals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STREAM = ["--stream_name=s", "--snapshot_path=out"]
@@ -80,13 +80,13 @@ def test_the_default_location_is_versioned_beside_the_flink_jar(monkeypatch):
     assert default_prism_location() == "/cache/level-analytics/prism-2.77.0/prism"
 
 
-def test_dense_backlog_on_prism(moto_endpoint, tmp_path, read_snapshot_dir):  # noqa: F811
+def test_dense_backlog_on_prism(moto_endpoint, tmp_path):
     """A backlog of 40 minutes of 250 players over 2 shards, arrival shuffled within
     20 s, duplicates and bad lines, read 500 records per call by the pipeline as a
     user runs it (Prism, its default for streams): every window, every transition total
     and every level back at 0, equal to the model.
 
-    This is what needs `prism_disable_sdf_split` (pipeline.runners.PRISM_EXPERIMENT).
+    This is what needs `prism_disable_sdf_split` (pipeline.runtime.engines.PRISM_EXPERIMENT).
     Checked once, by hand, with the experiment taken out of `choose_engine`: this test
     then fails within seconds, Prism splitting the reader's bundles until the SDK's split
     arithmetic raises ("ValueError: cannot convert float NaN to integer" in
@@ -105,7 +105,7 @@ def test_dense_backlog_on_prism(moto_endpoint, tmp_path, read_snapshot_dir):  # 
         )
     )
     client = make_stream(moto_endpoint, "dense", shards=2)
-    put_all(client, "dense", stream.lines)
+    put_records(client, "dense", stream.lines)
     out = tmp_path / "out"
     started = time.monotonic()
     result = subprocess.run(
@@ -134,7 +134,7 @@ def test_dense_backlog_on_prism(moto_endpoint, tmp_path, read_snapshot_dir):  # 
     )
     print(f"dense backlog of {len(stream.lines)} records on Prism: {time.monotonic() - started:.1f} s")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_history_equals_model(read_snapshot_dir(str(out)), stream.observations, 300, 60)
+    assert_history_equals_model(read_history(str(out)), stream.observations, 300, 60)
     dynamodb = boto3.client("dynamodb", endpoint_url=moto_endpoint, region_name=REGION)
     items = dynamodb.scan(TableName="dense-transitions")["Items"]
     assert {i["transitionLevels"]["S"]: int(i["count"]["N"]) for i in items} == model_transition_totals(

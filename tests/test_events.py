@@ -2,8 +2,7 @@
 
 import pytest
 
-from pipeline.enriched import LEVEL_CONTEXT_1_0_1, enriched_line, level_context
-from pipeline.events import (
+from pipeline.rules.observations import (
     NOT_UTF8,
     UNPARSEABLE,
     UNUSABLE_CONTEXT,
@@ -12,6 +11,7 @@ from pipeline.events import (
     parse_enriched_line,
     parse_timestamp_ms,
 )
+from pipeline.testing.enriched_lines import LEVEL_CONTEXT_1_0_1, enriched_line, level_context
 
 T = parse_timestamp_ms("2026-11-27 14:00:05.123")
 

@@ -20,7 +20,7 @@ server (Beam 2.62) a reader that keeps polling an idle stream does not move Flin
 watermark with the clock (docs/flink.md, known limits).
 
 The job server jar comes from `make flink-jar` ($FLINK_JOB_SERVER_JAR, else the user cache;
-see pipeline/runners.py). Without it every test here is skipped, naming the Maven
+see pipeline/runtime/engines.py). Without it every test here is skipped, naming the Maven
 coordinates the jar is built from.
 """
 
@@ -38,16 +38,16 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.flink_runner import FlinkJarJobServer
 from apache_beam.runners.runner import PipelineState
-from moto_server import free_port, make_stream, moto_endpoint  # noqa: F401
-from reference_model import model_transition_totals
-from test_kinesis_end_to_end import put_all
-from test_main_end_to_end import assert_history_equals_model
 
-from pipeline import runners
+from pipeline.apps.producer import put_records
+from pipeline.apps.simulator import SimulationSettings, simulate, write_lines
 from pipeline.main import build_pipeline, parse_options, prepare_restart
-from pipeline.options import LevelAnalyticsOptions
-from pipeline.simulate import SimulationSettings, simulate, write_lines
+from pipeline.runtime import engines as runners
+from pipeline.runtime.options import LevelAnalyticsOptions
 from pipeline.sources.kinesis import ReadKinesisRecords
+from pipeline.testing.aws_server import free_port, make_stream
+from pipeline.testing.outputs import assert_history_equals_model, read_history
+from pipeline.testing.reference_model import model_transition_totals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JAR = runners.default_job_server_jar()
@@ -151,25 +151,17 @@ def new_stream(endpoint, name, seed):
         SimulationSettings(seed=seed, players=60, duration_secs=900, max_out_of_orderness_secs=10)
     )
     make_stream(endpoint, name, shards=2)
-    put_all(boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1"), name, stream.lines)
+    put_records(boto3.client("kinesis", endpoint_url=endpoint, region_name="us-east-1"), name, stream.lines)
     dynamodb = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
     for table in dynamodb.list_tables()["TableNames"]:
         dynamodb.delete_table(TableName=table)
     return stream
 
 
-def read_history(root):
-    history = {}
-    for path in sorted((root / "history" / "levels").glob("*.json")):
-        transitions = root / "history" / "transitions" / path.name
-        history[path.stem] = (json.loads(path.read_text()), json.loads(transitions.read_text()))
-    return history
-
-
 def assert_outputs_equal_model(stream, out, bad, endpoint, stream_name):
     """Snapshots window by window, dead letters, DynamoDB totals, every level back at 0."""
     assert (out / "history" / "levels").is_dir(), "no snapshot yet"
-    assert_history_equals_model(read_history(out), stream.observations, 300, 60)
+    assert_history_equals_model(read_history(str(out)), stream.observations, 300, 60)
     dead = [json.loads(line) for path in bad.rglob("*.jsonl") for line in path.read_text().splitlines()]
     assert len(dead) == stream.malformed and not [d for d in dead if d["reason"] == "late"]
     dynamodb = boto3.client("dynamodb", endpoint_url=endpoint, region_name="us-east-1")
@@ -205,7 +197,7 @@ def run_until_outputs_match(pipeline, check, deadline_secs=OUTPUT_DEADLINE_SECS)
         result.cancel()
 
 
-def test_bounded_replay_on_flink_matches_the_model(tmp_path, read_snapshot_dir):
+def test_bounded_replay_on_flink_matches_the_model(tmp_path):
     stream = simulate(SimulationSettings(seed=11, players=80, duration_secs=900))
     write_lines(str(tmp_path / "events.tsv"), stream.lines)
     out, bad = tmp_path / "out", tmp_path / "bad"
@@ -233,12 +225,12 @@ def test_bounded_replay_on_flink_matches_the_model(tmp_path, read_snapshot_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Really starting service" in result.stderr  # it really went through the job server
 
-    assert_history_equals_model(read_snapshot_dir(str(out)), stream.observations, 300, 60)
+    assert_history_equals_model(read_history(str(out)), stream.observations, 300, 60)
     dead = [json.loads(line) for path in bad.rglob("*.jsonl") for line in path.read_text().splitlines()]
     assert len(dead) == stream.malformed > 0
 
 
-def test_a_stream_run_that_stops_by_itself_ends_on_flink(moto_endpoint, flink_job_server, tmp_path):  # noqa: F811
+def test_a_stream_run_that_stops_by_itself_ends_on_flink(moto_endpoint, flink_job_server, tmp_path):
     """--stop_when_idle_secs on Flink: the sources are let go (runners.apply_runner_defaults),
     so the job finishes by itself, with every output the model's."""
     job_endpoint, _log = flink_job_server
@@ -257,7 +249,7 @@ def test_a_stream_run_that_stops_by_itself_ends_on_flink(moto_endpoint, flink_jo
     assert_outputs_equal_model(stream, out, bad, moto_endpoint, "flink-finite")
 
 
-def test_stream_on_flink_matches_the_model(moto_endpoint, flink_job_server, tmp_path):  # noqa: F811
+def test_stream_on_flink_matches_the_model(moto_endpoint, flink_job_server, tmp_path):
     job_endpoint, log = flink_job_server
     stream = new_stream(moto_endpoint, "flink-stream", seed=5)
     out, bad = tmp_path / "out", tmp_path / "bad"
@@ -306,7 +298,7 @@ def create_once(path) -> bool:
 
 
 def test_flink_restores_from_a_checkpoint_after_a_failure(
-    moto_endpoint,  # noqa: F811
+    moto_endpoint,
     flink_job_server,
     tmp_path,
 ):

@@ -9,30 +9,22 @@ import sys
 import time
 
 import boto3
-from moto_server import make_stream, moto_endpoint  # noqa: F401
-from reference_model import model_transition_totals
-from test_main_end_to_end import assert_history_equals_model
 
-from pipeline.simulate import SimulationSettings, simulate
+from pipeline.apps.producer import put_records
+from pipeline.apps.simulator import SimulationSettings, simulate
+from pipeline.testing.aws_server import make_stream
+from pipeline.testing.outputs import assert_history_equals_model, read_history
+from pipeline.testing.reference_model import model_transition_totals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def put_all(client, stream_name, lines):
-    """PutRecords in batches of 500, retrying the records a partial failure rejected."""
-    for start in range(0, len(lines), 500):
-        batch = [{"Data": line, "PartitionKey": str(hash(line) % 997)} for line in lines[start : start + 500]]
-        while batch:
-            answer = client.put_records(StreamName=stream_name, Records=batch)
-            batch = [r for r, res in zip(batch, answer["Records"], strict=True) if "ErrorCode" in res]
-
-
-def test_stream_from_kinesis_matches_the_model(moto_endpoint, tmp_path, read_snapshot_dir):  # noqa: F811
+def test_stream_from_kinesis_matches_the_model(moto_endpoint, tmp_path):
     stream = simulate(
         SimulationSettings(seed=5, players=300, duration_secs=300, max_out_of_orderness_secs=10)
     )
     client = make_stream(moto_endpoint, "enriched-good", shards=2)
-    put_all(client, "enriched-good", stream.lines)
+    put_records(client, "enriched-good", stream.lines)
     out, bad = tmp_path / "out", tmp_path / "bad"
 
     started = time.monotonic()
@@ -67,7 +59,7 @@ def test_stream_from_kinesis_matches_the_model(moto_endpoint, tmp_path, read_sna
     print(f"streaming run of {len(stream.lines)} records took {time.monotonic() - started:.1f} s")
     assert result.returncode == 0, result.stderr[-3000:]
 
-    assert_history_equals_model(read_snapshot_dir(str(out)), stream.observations, 300, 60)
+    assert_history_equals_model(read_history(str(out)), stream.observations, 300, 60)
     dead = [json.loads(line) for path in bad.rglob("*.jsonl") for line in path.read_text().splitlines()]
     assert len(dead) == stream.malformed and not [d for d in dead if d["reason"] == "late"]
     assert all(d["position"].startswith("shardId-") for d in dead)

@@ -19,11 +19,9 @@ import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from botocore.exceptions import ClientError
-from moto_server import REGION, kinesis_client, make_stream, moto_endpoint  # noqa: F401
 
-from pipeline import metrics
-from pipeline.enriched import enriched_line, level_context
-from pipeline.events import LATE, printable
+from pipeline.rules.observations import LATE, printable
+from pipeline.runtime import metrics
 from pipeline.sources.kinesis import (
     KinesisRestriction,
     KinesisShardsTracker,
@@ -41,6 +39,8 @@ from pipeline.sources.kinesis import (
     root_shard_ids,
     shard_iterator_request,
 )
+from pipeline.testing.aws_server import REGION, client, make_stream
+from pipeline.testing.enriched_lines import enriched_line, level_context
 
 STREAMING = ["--runner=FnApiRunner", "--streaming"]
 HOUR_MS = 3600 * 1000
@@ -150,7 +150,7 @@ def arrival_ms_by_position(client, stream):
     return found
 
 
-def test_reads_every_record_once_at_event_time_with_late_and_garbage(moto_endpoint, tmp_path):  # noqa: F811
+def test_reads_every_record_once_at_event_time_with_late_and_garbage(moto_endpoint, tmp_path):
     stream = "kinesis-main"
     client = make_stream(moto_endpoint, stream, shards=2)
     base_ms = now_minute_ms() - HOUR_MS
@@ -213,7 +213,7 @@ def test_reads_every_record_once_at_event_time_with_late_and_garbage(moto_endpoi
         assert run.counters[f"kinesis_records_read_{shard}"] == expected
 
 
-def test_at_timestamp_reads_only_records_arrived_since(moto_endpoint, tmp_path):  # noqa: F811
+def test_at_timestamp_reads_only_records_arrived_since(moto_endpoint, tmp_path):
     stream = "kinesis-at-timestamp"
     client = make_stream(moto_endpoint, stream, shards=2)
     base_ms = now_minute_ms()
@@ -267,10 +267,10 @@ class _HookedFactory:
         self._stream = stream
 
     def __call__(self):
-        return _ListingHook(kinesis_client(self._endpoint), self._stream)
+        return _ListingHook(client("kinesis", self._endpoint), self._stream)
 
 
-def test_latest_reads_only_records_put_after_start(moto_endpoint, tmp_path):  # noqa: F811
+def test_latest_reads_only_records_put_after_start(moto_endpoint, tmp_path):
     stream = "kinesis-latest"
     client = make_stream(moto_endpoint, stream, shards=2)
     base_ms = now_minute_ms()

@@ -1,7 +1,15 @@
 """The player state machine and the ledger, as plain functions: SEMANTICS.md's rules."""
 
-from pipeline.ledger import LEVEL, TRANSITION, Checkpoint, IntervalSum, Ledger, advance_ledger, next_wake_ms
-from pipeline.levels import PlayerTimeline, Transition, transitions_of
+from pipeline.rules.ledger import (
+    LEVEL,
+    TRANSITION,
+    Checkpoint,
+    IntervalSum,
+    Ledger,
+    advance_ledger,
+    next_wake_ms,
+)
+from pipeline.rules.player_state import PlayerTimeline, Transition, transitions_of
 
 S = 1000  # ms
 TIMEOUT = 300 * S

@@ -1,4 +1,4 @@
-"""The live view: its pure displays on fixed states, and `python -m pipeline.live_view`
+"""The live view: its pure displays on fixed states, and `python -m pipeline.apps.live_view`
 as a subprocess against moto's real server (tables and an S3 bucket) or a directory."""
 
 import json
@@ -12,11 +12,11 @@ import uuid
 
 import boto3
 import pytest
-from moto_server import REGION, moto_endpoint  # noqa: F401
 
-from pipeline import live_view
-from pipeline.live_view import BAR, LevelItem, ViewState, render_frame, status_line
+from pipeline.apps import live_view
+from pipeline.apps.live_view import BAR, LevelItem, ViewState, render_frame, status_line
 from pipeline.sinks.dynamodb import create_tables
+from pipeline.testing.aws_server import REGION
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOW_MS = 1_795_363_512_000  # 2026-11-22T16:05:12Z
@@ -189,7 +189,7 @@ def aws_environment() -> dict:
 
 
 def live_view_command(*flags) -> list[str]:
-    return [sys.executable, "-m", "pipeline.live_view", *flags]
+    return [sys.executable, "-m", "pipeline.apps.live_view", *flags]
 
 
 def run_live_view(*flags) -> subprocess.CompletedProcess:
@@ -234,7 +234,7 @@ def write_snapshot_dir(root) -> str:
     return str(root)
 
 
-def test_no_tty_once_reads_tables_and_s3(moto_endpoint):  # noqa: F811
+def test_no_tty_once_reads_tables_and_s3(moto_endpoint):
     level_table, progress_table = publish_tables(moto_endpoint)
     bucket = f"snapshots-{uuid.uuid4().hex[:8]}"
     s3 = boto3.client("s3", region_name=REGION, endpoint_url=moto_endpoint)
@@ -263,7 +263,7 @@ def test_no_tty_once_reads_tables_and_s3(moto_endpoint):  # noqa: F811
     )
 
 
-def test_tty_once_frame_from_tables_and_a_directory(moto_endpoint, tmp_path):  # noqa: F811
+def test_tty_once_frame_from_tables_and_a_directory(moto_endpoint, tmp_path):
     level_table, progress_table = publish_tables(moto_endpoint)
 
     result = run_live_view(
@@ -290,7 +290,7 @@ def test_tty_once_frame_from_tables_and_a_directory(moto_endpoint, tmp_path):  #
     assert "error" not in frame
 
 
-def test_nothing_published_yet_prints_a_waiting_line(moto_endpoint, tmp_path):  # noqa: F811
+def test_nothing_published_yet_prints_a_waiting_line(moto_endpoint, tmp_path):
     missing = uuid.uuid4().hex[:8]
 
     result = run_live_view(
@@ -307,7 +307,7 @@ def test_nothing_published_yet_prints_a_waiting_line(moto_endpoint, tmp_path):  
     assert result.stderr == ""
 
 
-def test_tty_mode_clears_the_screen_before_each_frame(moto_endpoint, tmp_path):  # noqa: F811
+def test_tty_mode_clears_the_screen_before_each_frame(moto_endpoint, tmp_path):
     missing = uuid.uuid4().hex[:8]
 
     result = run_live_view(
@@ -326,7 +326,7 @@ def test_tty_mode_clears_the_screen_before_each_frame(moto_endpoint, tmp_path): 
     assert all("waiting for the pipeline… nothing published yet" in frame for frame in frames)
 
 
-def test_missing_bucket_is_shown_as_an_error_not_raised(moto_endpoint):  # noqa: F811
+def test_missing_bucket_is_shown_as_an_error_not_raised(moto_endpoint):
     level_table, progress_table = publish_tables(moto_endpoint)
 
     result = run_live_view(
@@ -345,7 +345,7 @@ def test_missing_bucket_is_shown_as_an_error_not_raised(moto_endpoint):  # noqa:
     assert "error=s3://no-such-bucket-" in result.stdout and "NoSuchBucket" in result.stdout
 
 
-def test_no_tty_prints_a_line_per_new_window_and_stops_cleanly_on_ctrl_c(moto_endpoint, tmp_path):  # noqa: F811
+def test_no_tty_prints_a_line_per_new_window_and_stops_cleanly_on_ctrl_c(moto_endpoint, tmp_path):
     level_table, progress_table = publish_tables(moto_endpoint)
     snapshot_dir = write_snapshot_dir(tmp_path)
     process = subprocess.Popen(

@@ -7,14 +7,14 @@ import subprocess
 import sys
 
 import pytest
-from reference_model import model_snapshots, snapshot_as_files
 
-from pipeline.events import BadLine, DeadLetter, parse_enriched_line
+from pipeline.apps.simulator import SimulationSettings, simulate, write_lines
 from pipeline.main import run
-from pipeline.run_status import STATUS_OBJECT
-from pipeline.simulate import SimulationSettings, simulate, write_lines
-from pipeline.snapshots import iso_utc, update_id, window_start
-from pipeline.transforms.parse import line_event_time_ms
+from pipeline.rules.observations import BadLine, DeadLetter, parse_enriched_line
+from pipeline.rules.times import iso_utc, window_start
+from pipeline.runtime.run_status import STATUS_OBJECT
+from pipeline.testing.outputs import assert_history_equals_model, read_history
+from pipeline.transforms.parse_events import line_event_time_ms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,25 +25,8 @@ def run_main(*args):
     )
 
 
-def assert_history_equals_model(history, observations, timeout_secs, window_secs):
-    expected = model_snapshots(observations, timeout_secs, window_secs)
-    assert sorted(history) == [iso_utc(end) for end in sorted(expected)]
-    for end, (levels, transitions) in expected.items():
-        level_doc, transition_doc = history[iso_utc(end)]
-        want_levels, want_transitions = snapshot_as_files(levels, transitions)
-        assert level_doc["level_player_counts"] == want_levels, iso_utc(end)
-        assert transition_doc["transitions"] == want_transitions, iso_utc(end)
-        for doc in (level_doc, transition_doc):
-            assert doc["update_time"] == doc["window_end"] == iso_utc(end)
-            assert doc["window_start"] == iso_utc(end - window_secs * 1000)
-            assert doc["update_interval_secs"] == window_secs
-            assert doc["update_id"] == update_id(end - window_secs * 1000, end)
-
-
 @pytest.mark.parametrize("timeout_secs,window_secs", [(300, 60), (120, 30)])
-def test_generated_stream_matches_model_window_by_window(
-    tmp_path, read_snapshot_dir, timeout_secs, window_secs
-):
+def test_generated_stream_matches_model_window_by_window(tmp_path, timeout_secs, window_secs):
     stream = simulate(SimulationSettings(seed=11, players=150, duration_secs=1500, timeout_secs=timeout_secs))
     # Two input files, to exercise the glob.
     half = len(stream.lines) // 2
@@ -61,7 +44,7 @@ def test_generated_stream_matches_model_window_by_window(
         ]
     )
 
-    history = read_snapshot_dir(str(out))
+    history = read_history(str(out))
     assert_history_equals_model(history, stream.observations, timeout_secs, window_secs)
     # The latest objects are the last window's, without the history fields.
     last = sorted(history)[-1]

@@ -2,7 +2,7 @@
 Beam's own Python job service (local_job_service_main, a subprocess), its workers in
 this process (LOOPBACK), bounded over files and streaming from moto's Kinesis; outputs
 equal the reference model. Also: the runner options' checks and defaults
-(pipeline/runners.py), and the step labels Flink uses as operator ids."""
+(pipeline/runtime/engines.py), and the step labels Flink uses as operator ids."""
 
 import json
 import re
@@ -15,14 +15,14 @@ import apache_beam as beam
 import boto3
 import pytest
 from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions, PortableOptions
-from moto_server import free_port, make_stream, moto_endpoint  # noqa: F401
-from reference_model import model_transition_totals
-from test_kinesis_end_to_end import put_all
-from test_main_end_to_end import assert_history_equals_model
 
-from pipeline import runners
+from pipeline.apps.producer import put_records
+from pipeline.apps.simulator import SimulationSettings, simulate, write_lines
 from pipeline.main import build_pipeline, parse_options, run
-from pipeline.simulate import SimulationSettings, simulate, write_lines
+from pipeline.runtime import engines as runners
+from pipeline.testing.aws_server import free_port, make_stream
+from pipeline.testing.outputs import assert_history_equals_model, read_history
+from pipeline.testing.reference_model import model_transition_totals
 
 
 def wait_for_port(port: int, process, timeout_secs: float = 60.0):
@@ -59,7 +59,7 @@ def dead_letters(root):
     return [json.loads(line) for path in root.rglob("*.jsonl") for line in path.read_text().splitlines()]
 
 
-def test_bounded_replay_through_the_job_api_matches_the_model(job_endpoint, tmp_path, read_snapshot_dir):
+def test_bounded_replay_through_the_job_api_matches_the_model(job_endpoint, tmp_path):
     stream = simulate(SimulationSettings(seed=13, players=80, duration_secs=900))
     write_lines(str(tmp_path / "events.tsv"), stream.lines)
     out, bad = tmp_path / "out", tmp_path / "bad"
@@ -74,13 +74,13 @@ def test_bounded_replay_through_the_job_api_matches_the_model(job_endpoint, tmp_
     )
 
     assert type(result).__module__.endswith("portable_runner")  # it went through the Job API
-    assert_history_equals_model(read_snapshot_dir(str(out)), stream.observations, 300, 60)
+    assert_history_equals_model(read_history(str(out)), stream.observations, 300, 60)
     assert len(dead_letters(bad)) == stream.malformed > 0
 
 
 def test_stream_through_the_job_api_matches_the_model(
     job_endpoint,
-    moto_endpoint,  # noqa: F811
+    moto_endpoint,
     tmp_path,
     read_snapshot_dir,
 ):
@@ -88,7 +88,7 @@ def test_stream_through_the_job_api_matches_the_model(
         SimulationSettings(seed=17, players=40, duration_secs=600, max_out_of_orderness_secs=10)
     )
     client = make_stream(moto_endpoint, "portable-good", shards=2)
-    put_all(client, "portable-good", stream.lines)
+    put_records(client, "portable-good", stream.lines)
     dynamodb = boto3.client("dynamodb", endpoint_url=moto_endpoint, region_name="us-east-1")
     out, bad = tmp_path / "out", tmp_path / "bad"
 
@@ -110,7 +110,7 @@ def test_stream_through_the_job_api_matches_the_model(
         ]
     )
 
-    assert_history_equals_model(read_snapshot_dir(str(out)), stream.observations, 300, 60)
+    assert_history_equals_model(read_history(str(out)), stream.observations, 300, 60)
     assert len(dead_letters(bad)) == stream.malformed
     totals = {
         item["transitionLevels"]["S"]: int(item["count"]["N"])

@@ -5,14 +5,14 @@ import random
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference_model import model_snapshots
 
-from pipeline.events import Observation
-from pipeline.ledger import LEVEL, TRANSITION, IntervalSum, Ledger, advance_ledger
-from pipeline.levels import PlayerTimeline
+from pipeline.apps.simulator import write_lines
 from pipeline.main import run
-from pipeline.simulate import write_lines
-from pipeline.snapshots import STATUS_OBJECT
+from pipeline.rules.ledger import LEVEL, TRANSITION, IntervalSum, Ledger, advance_ledger
+from pipeline.rules.observations import Observation
+from pipeline.rules.player_state import PlayerTimeline
+from pipeline.rules.snapshot_format import STATUS_OBJECT
+from pipeline.testing.reference_model import model_snapshots
 
 S = 1000
 TIMEOUT_MS, UPDATE_MS, WINDOW_MS = 300 * S, 5 * S, 60 * S
@@ -126,7 +126,7 @@ def test_any_arrival_order_within_the_bound_gives_the_model_snapshots(stream):
 @given(streams(), st.integers(0, 2**32 - 1))
 def test_the_pipeline_writes_identical_snapshots_for_any_order_of_its_input(tmp_path_factory, stream, seed):
     observations, _, _ = stream
-    from pipeline.enriched import enriched_line, level_context
+    from pipeline.testing.enriched_lines import enriched_line, level_context
 
     lines = [
         enriched_line(o.event_id, o.event_time_ms, [level_context(o.player, o.level)]).encode()

@@ -6,7 +6,6 @@ then restarted with the same flags, ends with exactly the model's tables, histor
 objects and dead letters (each once).
 """
 
-import json
 import os
 import signal
 import subprocess
@@ -15,12 +14,12 @@ import time
 
 import boto3
 import pytest
-from moto_server import REGION, make_stream, moto_endpoint  # noqa: F401
-from reference_model import model_snapshots, model_transition_totals
-from test_kinesis_end_to_end import put_all
-from test_main_end_to_end import assert_history_equals_model
 
-from pipeline.simulate import SimulationSettings, simulate
+from pipeline.apps.producer import put_records
+from pipeline.apps.simulator import SimulationSettings, simulate
+from pipeline.testing.aws_server import REGION, make_stream
+from pipeline.testing.outputs import assert_history_equals_model, read_dead_letters, read_history
+from pipeline.testing.reference_model import model_snapshots, model_transition_totals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_SECS, WINDOW_SECS = 300, 60
@@ -53,29 +52,6 @@ def run_to_end(command):
     return result
 
 
-def read_history(s3, bucket):
-    """{window_end_iso: (levels, transitions)} from the S3 history objects."""
-    history = {}
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="snapshots/history/levels/")
-    for page in pages:
-        for item in page.get("Contents", []):
-            name = item["Key"].rsplit("/", 1)[1]
-            levels = json.loads(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
-            key = f"snapshots/history/transitions/{name}"
-            transitions = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-            history[name[: -len(".json")]] = (levels, transitions)
-    return history
-
-
-def read_dead_letters(s3, bucket):
-    keys = [
-        item["Key"]
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="dead-letters/")
-        for item in page.get("Contents", [])
-    ]
-    return {key: s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode() for key in keys}
-
-
 def committed_as_of(dynamodb, table):
     try:
         item = dynamodb.get_item(TableName=table, Key={"pipeline": {"S": "level-analytics"}}).get("Item")
@@ -87,14 +63,16 @@ def committed_as_of(dynamodb, table):
 def assert_outputs_equal_model(endpoint, stream_name, bucket, stream):
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name=REGION)
     dynamodb = boto3.client("dynamodb", endpoint_url=endpoint, region_name=REGION)
-    assert_history_equals_model(read_history(s3, bucket), stream.observations, TIMEOUT_SECS, WINDOW_SECS)
+    assert_history_equals_model(
+        read_history(f"s3://{bucket}/snapshots", s3), stream.observations, TIMEOUT_SECS, WINDOW_SECS
+    )
     items = dynamodb.scan(TableName=f"{stream_name}-transitions")["Items"]
     totals = {item["transitionLevels"]["S"]: int(item["count"]["N"]) for item in items}
     assert totals == model_transition_totals(stream.observations, TIMEOUT_SECS)
     levels = dynamodb.scan(TableName=f"{stream_name}-levels")["Items"]
     assert levels and {int(item["playerCount"]["N"]) for item in levels} == {0}
     # Every malformed line once, in the object of its window; nothing twice.
-    dead = [line for body in read_dead_letters(s3, bucket).values() for line in body.splitlines()]
+    dead = [line for lines in read_dead_letters(f"s3://{bucket}/dead-letters", s3).values() for line in lines]
     assert len(dead) == len(set(dead)) == stream.malformed
 
 
@@ -113,10 +91,10 @@ def first_history_object(s3, bucket):
 
 
 @pytest.mark.parametrize("kill_at", ["first snapshot", "first checkpoint"])
-def test_kill_9_then_restart_gives_the_model(moto_endpoint, kill_at):  # noqa: F811
+def test_kill_9_then_restart_gives_the_model(moto_endpoint, kill_at):
     name = "killed-" + kill_at.split()[1]
     stream, client, bucket = fresh_scenario(moto_endpoint, name, seed=21)
-    put_all(client, name, stream.lines)
+    put_records(client, name, stream.lines)
     command = pipeline_command(moto_endpoint, name, bucket, "--stop_when_idle_secs=3")
     dynamodb = boto3.client("dynamodb", endpoint_url=moto_endpoint, region_name=REGION)
     s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name=REGION)

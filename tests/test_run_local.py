@@ -18,12 +18,11 @@ import sys
 import time
 
 import boto3
-from moto_server import REGION, moto_endpoint  # noqa: F401
-from reference_model import model_transition_totals
-from test_main_end_to_end import assert_history_equals_model
-from test_restart import read_dead_letters, read_history
 
-from pipeline.events import Observation
+from pipeline.rules.observations import Observation
+from pipeline.testing.aws_server import REGION
+from pipeline.testing.outputs import assert_history_equals_model, read_dead_letters, read_history
+from pipeline.testing.reference_model import model_transition_totals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_SECS, WINDOW_SECS = 15, 10
@@ -33,7 +32,7 @@ def run_local_command(*extra):
     return [
         sys.executable,
         "-m",
-        "pipeline.run_local",
+        "pipeline.apps.run_local",
         "--players=25",
         "--event_gap_secs=2",
         f"--timeout_secs={TIMEOUT_SECS}",
@@ -67,7 +66,7 @@ def is_alive(pid: int) -> bool:
         return False
 
 
-def test_a_short_live_run_publishes_exactly_the_model_of_what_was_sent(moto_endpoint, tmp_path):  # noqa: F811
+def test_a_short_live_run_publishes_exactly_the_model_of_what_was_sent(moto_endpoint, tmp_path):
     command = run_local_command(
         "--minutes=0.5",
         "--stop_when_idle_secs=3",
@@ -87,14 +86,14 @@ def test_a_short_live_run_publishes_exactly_the_model_of_what_was_sent(moto_endp
         sent = [Observation(**json.loads(line)) for line in handle]
     assert len(sent) > 100
     s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name=REGION)
-    assert_history_equals_model(read_history(s3, "live-test"), sent, TIMEOUT_SECS, WINDOW_SECS)
+    assert_history_equals_model(read_history("s3://live-test/snapshots", s3), sent, TIMEOUT_SECS, WINDOW_SECS)
     dynamodb = boto3.client("dynamodb", endpoint_url=moto_endpoint, region_name=REGION)
     items = dynamodb.scan(TableName="live-test-transitions")["Items"]
     totals = {item["transitionLevels"]["S"]: int(item["count"]["N"]) for item in items}
     assert totals == model_transition_totals(sent, TIMEOUT_SECS)
     levels = dynamodb.scan(TableName="live-test-level-state")["Items"]
     assert levels and {int(item["playerCount"]["N"]) for item in levels} == {0}
-    dead = [line for body in read_dead_letters(s3, "live-test").values() for line in body.splitlines()]
+    dead = [line for lines in read_dead_letters("s3://live-test/dead-letters", s3).values() for line in lines]
     assert len(dead) == len(set(dead))  # no bad line twice
 
 

@@ -6,19 +6,16 @@ import subprocess
 import sys
 
 import pytest
-from moto_server import REGION, make_stream, moto_endpoint  # noqa: F401
 from snowplow_analytics_sdk.event_transformer import transform
 
-from pipeline.events import FIELD_NAMES, BadLine, parse_enriched_line
-from pipeline.simulate import (
-    PUT_RECORDS_MAX_RECORDS,
-    PutRecordsError,
+from pipeline.apps.producer import PUT_RECORDS_MAX_RECORDS, PutRecordsError, put_batches, put_records
+from pipeline.apps.simulator import (
     SimulationSettings,
     campaign_levels,
-    put_batches,
-    put_lines,
     simulate,
 )
+from pipeline.rules.observations import FIELD_NAMES, BadLine, parse_enriched_line
+from pipeline.testing.aws_server import REGION, make_stream
 
 SETTINGS = SimulationSettings(seed=4, players=40, duration_secs=900)
 
@@ -92,22 +89,23 @@ class PartlyRefusingKinesis:
 def test_records_a_partial_failure_refused_are_sent_again_once_each():
     lines = [f"line {n}".encode() for n in range(1200)]
     fake = PartlyRefusingKinesis(refuse_first=700)
-    retried = put_lines(fake, "s", lines, sleep=lambda _: None)
-    assert sorted(fake.stored) == sorted(lines) and retried >= 700
+    accepted = put_records(fake, "s", lines, sleep=lambda _: None)
+    assert sorted(fake.stored) == sorted(lines)  # every line once: the refused ones again, no more
+    assert fake.refuse_first == 0 and all(accepted)
 
 
 def test_records_refused_every_time_fail_loudly():
     fake = PartlyRefusingKinesis(refuse_first=10**9)
     with pytest.raises(PutRecordsError, match="still refused"):
-        put_lines(fake, "s", [b"a", b"b"], max_attempts=3, sleep=lambda _: None)
+        put_records(fake, "s", [b"a", b"b"], max_attempts=3, sleep=lambda _: None)
 
 
-def test_the_cli_sends_to_kinesis_and_writes_what_it_sent(moto_endpoint, tmp_path):  # noqa: F811
+def test_the_cli_sends_to_kinesis_and_writes_what_it_sent(moto_endpoint, tmp_path):
     client = make_stream(moto_endpoint, "simulated", shards=2)
     truth = tmp_path / "truth.jsonl"
     result = subprocess.run(
         [
-            sys.executable, "-m", "pipeline.simulate", "--seed=2", "--players=10", "--minutes=5",
+            sys.executable, "-m", "pipeline.apps.simulator", "--seed=2", "--players=10", "--minutes=5",
             "--stream_name=simulated", f"--aws_endpoint_url={moto_endpoint}", f"--aws_region={REGION}",
             f"--truth={truth}",
         ],

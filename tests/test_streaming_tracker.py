@@ -14,9 +14,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.utils.timestamp import Timestamp
 
-from pipeline.enriched import enriched_line, level_context
-from pipeline.transforms.parse import EnrichedRecord, ParseEnrichedEvents
-from pipeline.transforms.track import TrackPlayerLevels
+from pipeline.testing.enriched_lines import enriched_line, level_context
+from pipeline.transforms.parse_events import EnrichedRecord, ParseEnrichedEvents
+from pipeline.transforms.track_players import TrackPlayerLevels
 
 S = 1000
 T0 = 1_795_000_000_000 - 1_795_000_000_000 % 3_600_000  # an hour boundary

@@ -25,8 +25,8 @@ from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 from apache_beam.typehints import KV
 from apache_beam.utils.timestamp import Timestamp
 
-from pipeline import metrics
-from pipeline.ledger import Checkpoint
+from pipeline.rules.ledger import Checkpoint
+from pipeline.runtime import metrics
 from pipeline.sinks.dynamodb import (
     DefaultClientFactory,
     checkpoint_write,

@@ -23,9 +23,9 @@ from apache_beam.transforms import window
 from apache_beam.typehints import KV
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 
-from pipeline import metrics
+from pipeline.rules.times import iso_utc, window_start
+from pipeline.runtime import metrics
 from pipeline.sinks.snapshots import join_path, write_object
-from pipeline.snapshots import iso_utc, window_start
 
 UNDATED = "undated"
 

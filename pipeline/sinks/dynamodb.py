@@ -20,9 +20,9 @@ import apache_beam as beam
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotocoreConnectionError
 
-from pipeline import metrics
-from pipeline.ledger import Checkpoint, CounterUpdate
-from pipeline.snapshots import iso_utc
+from pipeline.rules.ledger import Checkpoint, CounterUpdate
+from pipeline.rules.times import iso_utc
+from pipeline.runtime import metrics
 
 _LOG = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ without DynamoDB: then there is no checkpoint, and nothing to commit.
 
 import apache_beam as beam
 
-from pipeline.ledger import Checkpoint
+from pipeline.rules.ledger import Checkpoint
 from pipeline.sinks.commit import CommitCheckpoints
 from pipeline.sinks.dead_letters import WriteDeadLetters
 from pipeline.sinks.dynamodb import WriteCounterUpdates

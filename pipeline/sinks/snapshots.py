@@ -12,9 +12,7 @@ import logging
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import metrics
-from pipeline.events import parse_timestamp_ms
-from pipeline.snapshots import (
+from pipeline.rules.snapshot_format import (
     LEVELS_LATEST,
     TRANSITIONS_LATEST,
     history_names,
@@ -22,6 +20,8 @@ from pipeline.snapshots import (
     to_json_bytes,
     transition_information,
 )
+from pipeline.rules.times import parse_timestamp_ms
+from pipeline.runtime import metrics
 
 _LOG = logging.getLogger(__name__)
 

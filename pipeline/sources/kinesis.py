@@ -78,14 +78,15 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from pipeline import metrics
-from pipeline.events import (
+from pipeline.rules.observations import (
     DEFAULT_EVENT_TIME_FIELD,
     LATE,
     DeadLetter,
     printable,
 )
-from pipeline.transforms.parse import EnrichedRecord, line_event_time_ms
+from pipeline.rules.times import epoch_ms
+from pipeline.runtime import metrics
+from pipeline.transforms.parse_events import EnrichedRecord, line_event_time_ms
 
 _LOG = logging.getLogger(__name__)
 
@@ -327,14 +328,6 @@ def place_record(event_ms, arrival_ms: int, bound_ms) -> tuple:
     if event_ms is None:
         return (arrival_ms if bound_ms is None else max(arrival_ms, bound_ms)), False
     return event_ms, bound_ms is not None and event_ms < bound_ms
-
-
-def epoch_ms(moment) -> int:
-    if isinstance(moment, datetime):
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return int(moment.timestamp() * 1000)
-    return int(float(moment) * 1000)
 
 
 def shard_watermark_ms(cursor: ShardCursor, now_ms: int, out_of_orderness_ms: int, idle_ms: int):

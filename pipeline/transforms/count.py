@@ -12,9 +12,7 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.typehints import KV, Tuple
 from apache_beam.utils.timestamp import Timestamp
 
-from pipeline import metrics
-from pipeline.beam_patches import size_state_cheaply
-from pipeline.ledger import (
+from pipeline.rules.ledger import (
     LEVEL,
     TRANSITION,
     Checkpoint,
@@ -24,8 +22,10 @@ from pipeline.ledger import (
     is_stale,
     next_wake_ms,
 )
-from pipeline.levels import OUTSIDE
-from pipeline.transforms.track import ms_to_timestamp, timestamp_to_ms
+from pipeline.rules.player_state import OUTSIDE
+from pipeline.runtime import metrics
+from pipeline.runtime.beam_patches import size_state_cheaply
+from pipeline.transforms.track_players import ms_to_timestamp, timestamp_to_ms
 
 _LOG = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class CountPerInterval(beam.PTransform):
 class _LedgerFn(beam.DoFn):
     """One key for the whole game: the ledger holds every level's count and every
     transition's total (hundreds to thousands of keys, not players), and closes each
-    update instant once the watermark has passed it (rules in `pipeline.ledger`)."""
+    update instant once the watermark has passed it (rules in `pipeline.rules.ledger`)."""
 
     LEDGER = ReadModifyWriteStateSpec("ledger", PickleCoder())
     PENDING = BagStateSpec("pending_sums", PickleCoder())

@@ -4,21 +4,18 @@ Level slugs come from player events: here they are data (plain strings, dictiona
 never markup. The page renders them as text.
 """
 
-import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
-from importlib import resources
 from typing import NamedTuple
+
+from pipeline.rules.times import iso_utc, parse_iso_ms
 
 OUTSIDE = "(outside)"  # the label of "outside the game" (null from/to) in flows
 SPANS = {"15m": 900, "1h": 3600, "1d": 86400}  # spans of the stuck table and the replay scrubber
 SERIES_SECS = 3600  # the "over time" chart: the last hour
 TOP_TRANSITIONS = 10
 _WINDOW_END = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{3})?Z")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MS = timedelta(milliseconds=1)
 _SECRET_KEY = re.compile(r"secret|password|token|credential|endpoint|access_?key", re.IGNORECASE)
 
 
@@ -37,12 +34,6 @@ class TableItem(NamedTuple):
 
 
 # --- levels and their campaign order ----------------------------------------------------
-
-
-def campaign_levels() -> list[str]:
-    """The level slugs in campaign order, from the package's data file."""
-    text = resources.files("pipeline").joinpath("data/levels.json").read_text(encoding="utf-8")
-    return json.loads(text)["levels"]
 
 
 def level_order(catalogue: Iterable[str], seen: Iterable[str]) -> list[str]:
@@ -282,16 +273,4 @@ def parse_window_end(text) -> int | None:
     """'2026-12-02T10:01:00Z' (history name or update_time) to epoch ms; None otherwise."""
     if not isinstance(text, str) or not _WINDOW_END.fullmatch(text):
         return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (moment - _EPOCH) // _ONE_MS
-
-
-def iso_utc(ms: int) -> str:
-    """The pipeline's format: 'YYYY-MM-DDTHH:MM:SSZ', milliseconds only when not zero."""
-    moment = _EPOCH + timedelta(milliseconds=ms)
-    if ms % 1000:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return parse_iso_ms(text)

@@ -38,9 +38,7 @@ from pipeline.apps.dashboard.model import (
     SPANS,
     TableItem,
     Transition,
-    campaign_levels,
     counts_of,
-    iso_utc,
     live_levels,
     parse_window_end,
     series,
@@ -61,6 +59,8 @@ from pipeline.apps.dashboard.sources import (
     make_store,
     read_level_table,
 )
+from pipeline.rules.catalogue import campaign_levels
+from pipeline.rules.times import iso_utc
 
 _LOG = logging.getLogger("pipeline.apps.dashboard")
 _READ_ERRORS = (ClientError, BotoCoreError, OSError, ValueError)

@@ -14,7 +14,13 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from pipeline.apps.dashboard.model import TableItem, Transition, iso_utc, parse_window_end, transitions_of
+from pipeline.apps.dashboard.model import (
+    TableItem,
+    Transition,
+    parse_window_end,
+    transitions_of,
+)
+from pipeline.rules.times import iso_utc
 
 LEVELS_LATEST = "level_information.json"
 TRANSITIONS_LATEST = "transition_information.json"

@@ -7,7 +7,8 @@ Snowplow Analytics SDK's `transform`.
 import json
 from typing import Iterable
 
-from pipeline.events import FIELD_INDEX, FIELD_NAMES, format_timestamp_ms
+from pipeline.rules.observations import FIELD_INDEX, FIELD_NAMES
+from pipeline.rules.times import format_timestamp_ms
 
 CONTEXTS_SCHEMA = "iglu:com.snowplowanalytics.snowplow/contexts/jsonschema/1-0-0"
 UNSTRUCT_SCHEMA = "iglu:com.snowplowanalytics.snowplow/unstruct_event/jsonschema/1-0-0"

@@ -3,11 +3,11 @@ Plain Python, no Beam."""
 
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
+from pipeline.rules.times import iso_utc
+
 UPDATE_ID_NAMESPACE = uuid.UUID("5b0c1c5e-63a4-4a51-9d0c-0de5c0dec0de")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Snapshot(NamedTuple):
@@ -15,24 +15,6 @@ class Snapshot(NamedTuple):
     window_end_ms: int
     level_counts: tuple[tuple[str, int], ...]  # players(L, window_end) > 0, sorted by level
     transition_counts: tuple[tuple[str, int], ...]  # transitions in the window, sorted by key
-
-
-def window_start(time_ms: int, size_ms: int) -> int:
-    """Start of the epoch-aligned window of `size_ms` that contains the instant."""
-    return time_ms - time_ms % size_ms
-
-
-def window_end_after(interval_end_ms: int, size_ms: int) -> int:
-    """End of the window that contains the interval ending at `interval_end_ms`."""
-    return window_start(interval_end_ms - 1, size_ms) + size_ms
-
-
-def iso_utc(ms: int) -> str:
-    """'YYYY-MM-DDTHH:MM:SSZ', with milliseconds only when they are not zero."""
-    moment = _EPOCH + timedelta(milliseconds=ms)
-    if ms % 1000:
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def update_id(window_start_ms: int, window_end_ms: int) -> str:
@@ -79,7 +61,7 @@ def to_json_bytes(body: dict) -> bytes:
 
 LEVELS_LATEST = "level_information.json"
 TRANSITIONS_LATEST = "transition_information.json"
-STATUS_OBJECT = "pipeline_status.json"  # what the last run did (pipeline.run_status)
+STATUS_OBJECT = "pipeline_status.json"  # what the last run did (pipeline.runtime.run_status)
 
 
 def history_names(window_end_ms: int) -> tuple[str, str]:

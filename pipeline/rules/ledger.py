@@ -16,7 +16,7 @@ and the transitions before t:
 
 from typing import Iterable, NamedTuple
 
-from pipeline.snapshots import Snapshot
+from pipeline.rules.snapshot_format import Snapshot
 
 LEVEL = "level"
 TRANSITION = "transition"

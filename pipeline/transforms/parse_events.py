@@ -7,8 +7,7 @@ from apache_beam import pvalue
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
-from pipeline import metrics
-from pipeline.events import (
+from pipeline.rules.observations import (
     DEFAULT_EVENT_TIME_FIELD,
     FIELD_NAMES,
     BadLine,
@@ -18,6 +17,7 @@ from pipeline.events import (
     parse_enriched_line,
     printable,
 )
+from pipeline.runtime import metrics
 
 
 class EnrichedRecord(NamedTuple):
@@ -39,7 +39,7 @@ def line_event_time_ms(data, event_time_field: str) -> int | None:
 
 
 class _ParseLineFn(beam.DoFn):
-    """Thin: the rules are in `pipeline.events.parse_enriched_line`."""
+    """Thin: the rules are in `pipeline.rules.observations.parse_enriched_line`."""
 
     def __init__(self, event_time_field: str):
         self._event_time_field = event_time_field

@@ -10,10 +10,10 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.typehints import KV, Tuple
 from apache_beam.utils.timestamp import Timestamp
 
-from pipeline import metrics
-from pipeline.beam_patches import size_state_cheaply
-from pipeline.events import LATE, DeadLetter, Observation
-from pipeline.levels import PlayerTimeline, replay_all
+from pipeline.rules.observations import LATE, DeadLetter, Observation
+from pipeline.rules.player_state import PlayerTimeline, replay_all
+from pipeline.runtime import metrics
+from pipeline.runtime.beam_patches import size_state_cheaply
 
 
 def ms_to_timestamp(ms: int) -> Timestamp:

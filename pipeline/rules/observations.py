@@ -6,7 +6,6 @@ for every record, and what the tests call directly.
 
 import json
 import re
-from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import NamedTuple
 
@@ -25,6 +24,8 @@ from snowplow_analytics_sdk.json_shredder import SCHEMA_URI_REGEX
 from snowplow_analytics_sdk.snowplow_event_transformation_exception import (
     SnowplowEventTransformationException,
 )
+
+from pipeline.rules.times import parse_timestamp_ms
 
 # The SDK's own field table: names and positions of the 131 TSV fields.
 FIELD_NAMES = tuple(name for name, _ in ENRICHED_EVENT_FIELD_TYPES)
@@ -62,10 +63,6 @@ LEVEL_CONTEXT_PREFIX = "iglu:com.codecombat/level_context/jsonschema/"
 # Every 1-0-x revision is compatible with 1-0-0 (additions only).
 SUPPORTED_LEVEL_CONTEXT = re.compile(r"^1-0-(0|[1-9][0-9]*)$")
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_NAIVE_EPOCH = datetime(1970, 1, 1)  # for timestamps without an offset, which are UTC
-_ONE_MS = timedelta(milliseconds=1)
-
 
 class Observation(NamedTuple):
     """One usable level context: `player` was in `level` at `event_time_ms`.
@@ -96,27 +93,6 @@ UNPARSEABLE = "unparseable"
 BAD_TIMESTAMP = "bad_timestamp"
 UNUSABLE_CONTEXT = "unusable_context"
 LATE = "late"
-
-
-def parse_timestamp_ms(value: str) -> int:
-    """Snowplow timestamp ('2026-11-27 14:00:05.123', or the SDK's ISO form) to epoch ms."""
-    if len(value) == 23 and value[10] == " ":  # enriched TSV's own form: the quick way
-        moment = datetime.fromisoformat(value)
-        if moment.tzinfo is None:
-            return (moment - _NAIVE_EPOCH) // _ONE_MS
-    text = value.strip().replace(" ", "T")
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // _ONE_MS
-
-
-def format_timestamp_ms(ms: int) -> str:
-    """Epoch ms to Snowplow's enriched TSV form, '2026-11-27 14:00:05.123'."""
-    moment = _EPOCH + timedelta(milliseconds=ms)
-    return moment.strftime("%Y-%m-%d %H:%M:%S.") + f"{moment.microsecond // 1000:03d}"
 
 
 def event_time_ms(fields: list, event_time_field: str = DEFAULT_EVENT_TIME_FIELD) -> int:

@@ -23,9 +23,10 @@ from typing import NamedTuple
 
 from apache_beam.metrics.metric import MetricsFilter
 
-from pipeline import metrics
-from pipeline.beam_patches import fresh_metrics
-from pipeline.snapshots import STATUS_OBJECT, iso_utc
+from pipeline.rules.snapshot_format import STATUS_OBJECT
+from pipeline.rules.times import iso_utc
+from pipeline.runtime import metrics
+from pipeline.runtime.beam_patches import fresh_metrics
 
 __all__ = ["STATUS_OBJECT", "RunStatus", "metric_totals", "run_status", "status_bytes"]
 _DEAD_LETTER_PREFIX = "dead_letters_"  # per reason, from the parser

@@ -2,7 +2,7 @@
 
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
-from pipeline.events import DEFAULT_EVENT_TIME_FIELD, EVENT_TIME_FIELDS
+from pipeline.rules.observations import DEFAULT_EVENT_TIME_FIELD, EVENT_TIME_FIELDS
 from pipeline.sources.kinesis import parse_initial_position
 
 

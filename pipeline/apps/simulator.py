@@ -8,29 +8,28 @@ duplicates, malformed lines, and arrival shuffled within a bounded out-of-ordern
 The simulator keeps its own record of what it meant (`SimulatedStream.observations`),
 which the tests feed to their reference model, independently of the parser.
 
-    python -m pipeline.simulate --seed 7 --players 300 --minutes 30 --out out/events.tsv
-    python -m pipeline.simulate --players 200 --minutes 60 --live --stream_name enriched-good
+    python -m pipeline.apps.simulator --seed 7 --players 300 --minutes 30 --out out/events.tsv
+    python -m pipeline.apps.simulator --players 200 --minutes 60 --live --stream_name enriched-good
 """
 
 import argparse
-import hashlib
 import json
 import os
 import random
 import sys
 import time
 import uuid
-from importlib import resources
 from typing import NamedTuple
 
-from pipeline.enriched import LEVEL_CONTEXT_1_0_0, LEVEL_CONTEXT_1_0_1, enriched_line, level_context
-from pipeline.events import Observation
-
-
-def campaign_levels() -> list[str]:
-    """The level slugs in campaign order, from the package's data file."""
-    text = resources.files("pipeline").joinpath("data/levels.json").read_text(encoding="utf-8")
-    return json.loads(text)["levels"]
+from pipeline.apps.producer import put_records
+from pipeline.rules.catalogue import campaign_levels
+from pipeline.rules.observations import Observation
+from pipeline.testing.enriched_lines import (
+    LEVEL_CONTEXT_1_0_0,
+    LEVEL_CONTEXT_1_0_1,
+    enriched_line,
+    level_context,
+)
 
 
 class SimulationSettings(NamedTuple):
@@ -169,52 +168,6 @@ def write_lines(path: str, lines: list[bytes]) -> None:
 
 # --- To Kinesis ----------------------------------------------------------------------
 
-PUT_RECORDS_MAX_RECORDS = 500  # the service's limits per PutRecords call
-PUT_RECORDS_MAX_BYTES = 5 * 1024 * 1024
-
-
-class PutRecordsError(RuntimeError):
-    """Records the stream kept refusing after every retry."""
-
-
-def partition_key(line: bytes) -> str:
-    return hashlib.sha1(line).hexdigest()[:16]  # spreads lines over the shards, reproducibly
-
-
-def put_batches(lines: list[bytes]):
-    """Splits lines into PutRecords calls within the count and size limits."""
-    batch, size = [], 0
-    for line in lines:
-        entry_size = len(line) + 16
-        if batch and (len(batch) == PUT_RECORDS_MAX_RECORDS or size + entry_size > PUT_RECORDS_MAX_BYTES):
-            yield batch
-            batch, size = [], 0
-        batch.append(line)
-        size += entry_size
-    if batch:
-        yield batch
-
-
-def put_lines(client, stream_name: str, lines: list[bytes], max_attempts: int = 8, sleep=time.sleep) -> int:
-    """PutRecords in batches; records a partial failure rejected (throttling) are sent
-    again, with exponential backoff, until all are in or max_attempts is reached.
-    Returns the number of retried records."""
-    retried = 0
-    for batch in put_batches(lines):
-        entries = [{"Data": line, "PartitionKey": partition_key(line)} for line in batch]
-        for attempt in range(max_attempts):
-            answer = client.put_records(StreamName=stream_name, Records=entries)
-            entries = [e for e, r in zip(entries, answer["Records"], strict=True) if "ErrorCode" in r]
-            if not entries:
-                break
-            retried += len(entries)
-            sleep(min(5.0, 0.1 * 2**attempt) * random.random())
-        else:
-            raise PutRecordsError(
-                f"{len(entries)} records still refused by stream {stream_name!r} after {max_attempts} attempts"
-            )
-    return retried
-
 
 def kinesis_client(region: str, endpoint_url: str | None):
     import boto3
@@ -321,9 +274,9 @@ def main(argv: list | None = None):
         client = kinesis_client(args.aws_region, args.aws_endpoint_url)
         if args.live:
             print(f"{summary} over {args.minutes:g} min, live -> stream {args.stream_name}", flush=True)
-            sent = send_live(stream, lambda lines: put_lines(client, args.stream_name, lines), truth)
+            sent = send_live(stream, lambda lines: put_records(client, args.stream_name, lines), truth)
         else:
-            put_lines(client, args.stream_name, stream.lines)
+            put_records(client, args.stream_name, stream.lines)
             truth.add(stream.line_observations)
             sent = len(stream.lines)
         print(f"sent {sent} lines to stream {args.stream_name}", flush=True)

@@ -50,7 +50,7 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.version import __version__ as BEAM_SDK_VERSION
 
-from pipeline.options import LevelAnalyticsOptions
+from pipeline.runtime.options import LevelAnalyticsOptions
 
 _LOG = logging.getLogger(__name__)
 

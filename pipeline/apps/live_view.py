@@ -1,7 +1,7 @@
 """Live view: what the pipeline has PUBLISHED, redrawn every few seconds.
 
-    python -m pipeline.live_view --snapshot_path s3://bucket/prefix [--aws_endpoint_url URL]
-    python -m pipeline.live_view --snapshot_path out/snapshots --no-tty   # one line per window
+    python -m pipeline.apps.live_view --snapshot_path s3://bucket/prefix [--aws_endpoint_url URL]
+    python -m pipeline.apps.live_view --snapshot_path out/snapshots --no-tty   # one line per window
 
 It reads what any reader of the pipeline's outputs sees (the DynamoDB tables and the
 JSON objects under --snapshot_path), never the pipeline's memory, so a number shown
@@ -29,7 +29,6 @@ import os
 import shutil
 import sys
 import time
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import NamedTuple
 
@@ -37,7 +36,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from pipeline.snapshots import STATUS_OBJECT, TRANSITIONS_LATEST, iso_utc
+from pipeline.rules.snapshot_format import STATUS_OBJECT, TRANSITIONS_LATEST
+from pipeline.rules.times import iso_utc, parse_iso_ms
 
 PIPELINE_NAME = "level-analytics"  # the progress table's key, as pipeline.sinks.dynamodb writes it
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
@@ -46,8 +46,6 @@ WAITING = "waiting for the pipeline… nothing published yet"
 TOP_TRANSITIONS = 10
 TOP_LEVELS_IN_LINE = 3
 BAR = "█"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MS = timedelta(milliseconds=1)
 
 
 class LevelItem(NamedTuple):
@@ -68,19 +66,6 @@ class ViewState(NamedTuple):
 
 
 # --- pure helpers -----------------------------------------------------------------------
-
-
-def parse_iso_ms(text) -> int | None:
-    """ISO 8601 ('...Z', an offset, or naive = UTC) to epoch ms; None when it is not one."""
-    if not isinstance(text, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - _EPOCH) // _ONE_MS
 
 
 def _count(value) -> int | None:
@@ -474,7 +459,7 @@ def _positive(text: str) -> float:
 
 def parse_args(argv) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m pipeline.live_view",
+        prog="python -m pipeline.apps.live_view",
         description="Live view of what the level analytics pipeline has published.",
     )
     parser.add_argument("--aws_region", default="us-east-1", help="Default: us-east-1.")

@@ -1,15 +1,15 @@
 """The whole system on one machine, no AWS account: `make run`.
 
-    python -m pipeline.run_local [--players 200] [--event_gap_secs 4] [--timeout_secs 60] ...
+    python -m pipeline.apps.run_local [--players 200] [--event_gap_secs 4] [--timeout_secs 60] ...
 
 1. moto in server mode on a free loopback port: the embedded AWS;
 2. a Kinesis stream (--shards), the level, transitions and progress tables, a bucket;
-3. the simulator, sending live players' events to the stream (pipeline.simulate --live);
+3. the simulator, sending live players' events to the stream (pipeline.apps.simulator --live);
 4. the pipeline (pipeline.main, streaming from the stream, writing DynamoDB and S3): one
    pipeline that runs until stopped, on Prism (or on an embedded Flink with
    `--runner FlinkRunner`, make run-flink);
 5. the dashboard (pipeline.apps.dashboard), whose URL is printed;
-6. the live view (pipeline.live_view) of what the pipeline published, in the foreground.
+6. the live view (pipeline.apps.live_view) of what the pipeline published, in the foreground.
 
 Ctrl-C stops everything (children run in their own process groups, so only this process
 gets the terminal's SIGINT and stops them in order), then prints a one-line summary. Logs
@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,35 +28,13 @@ import time
 
 import boto3
 
-from pipeline.snapshots import STATUS_OBJECT
+from pipeline.rules.snapshot_format import STATUS_OBJECT
+from pipeline.testing.aws_server import DUMMY_CREDENTIALS, free_port, is_free
 
 REGION = "us-east-1"
 STREAM = "enriched-good"
 BUCKET = "level-analytics"
 TABLES = ("level-state", "transitions", "level-analytics-progress")
-DUMMY_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "local",
-    "AWS_SECRET_ACCESS_KEY": "local",
-    "AWS_DEFAULT_REGION": REGION,
-}
-
-
-def is_free(port: int) -> bool:
-    """Whether a loopback port can be listened on (0 never is: it means "any")."""
-    if not port:
-        return False
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def parse_args(argv):
@@ -202,7 +179,7 @@ class LocalSystem:
         self.start(
             "simulator",
             [
-                sys.executable, "-m", "pipeline.simulate", "--live",
+                sys.executable, "-m", "pipeline.apps.simulator", "--live",
                 f"--stream_name={a.stream_name}", *self.aws_flags(),
                 f"--players={a.players}", f"--minutes={a.minutes}", f"--seed={a.seed}",
                 f"--event_gap_secs={a.event_gap_secs}", f"--timeout_secs={a.timeout_secs}",
@@ -274,7 +251,7 @@ class LocalSystem:
 
     def start_view(self, dashboard_url):
         command = [
-            sys.executable, "-m", "pipeline.live_view",
+            sys.executable, "-m", "pipeline.apps.live_view",
             f"--snapshot_path=s3://{self.args.bucket}/snapshots", *self.aws_flags(), *self.table_flags(),
             f"--dashboard_url={dashboard_url}",
         ] + (["--no-tty"] if self.args.no_tty else [])  # fmt: skip
