@@ -4,7 +4,8 @@ dead-letter path against the good path, over the same generated lines."""
 import time
 
 from pipeline.apps.simulator import SimulationSettings, simulate
-from pipeline.transforms.parse_events import EnrichedRecord, _ParseLineFn
+from pipeline.rules.observations import EnrichedRecord
+from pipeline.transforms.parse_events import _ParseLineFn
 
 
 def bad_versions(good: bytes, kind: int) -> bytes:

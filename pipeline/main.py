@@ -15,21 +15,17 @@ from apache_beam.runners.runner import PipelineState
 
 from pipeline.rules.ledger import Checkpoint
 from pipeline.rules.times import iso_utc
-from pipeline.runtime.engines import (  # also declares the Flink flags
-    apply_runner_defaults,
-    choose_engine,
-    engine_errors,
-    runner_name,
-    runner_option_errors,
-)
+from pipeline.runtime.engines import choose_engine, engine_errors, runner_name
+from pipeline.runtime.flink import apply_runner_defaults, runner_option_errors  # declares the Flink flags
 from pipeline.runtime.options import LevelAnalyticsOptions, unknown_flags
 from pipeline.runtime.run_status import STATUS_OBJECT, RunStatus
 from pipeline.sinks.dynamodb import create_tables, default_client, read_checkpoint
+from pipeline.sinks.objects import join_path, write_object
 from pipeline.sinks.publish import PublishOutputs
-from pipeline.sinks.snapshots import join_path, write_object
 from pipeline.sources.files import ReadEnrichedFiles
 from pipeline.sources.kinesis import ReadKinesisRecords
-from pipeline.transforms.count import CountPerInterval, KeepLedger
+from pipeline.transforms.count_intervals import CountPerInterval
+from pipeline.transforms.keep_ledger import KeepLedger
 from pipeline.transforms.parse_events import ParseEnrichedEvents
 from pipeline.transforms.track_players import TrackPlayerLevels
 

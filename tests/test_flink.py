@@ -42,7 +42,7 @@ from apache_beam.runners.runner import PipelineState
 from pipeline.apps.producer import put_records
 from pipeline.apps.simulator import SimulationSettings, simulate, write_lines
 from pipeline.main import build_pipeline, parse_options, prepare_restart
-from pipeline.runtime import engines as runners
+from pipeline.runtime import flink as runners
 from pipeline.runtime.options import LevelAnalyticsOptions
 from pipeline.sources.kinesis import ReadKinesisRecords
 from pipeline.testing.aws_server import free_port, make_stream

@@ -10,11 +10,10 @@ import pytest
 
 from pipeline.apps.simulator import SimulationSettings, simulate, write_lines
 from pipeline.main import run
-from pipeline.rules.observations import BadLine, DeadLetter, parse_enriched_line
+from pipeline.rules.observations import BadLine, DeadLetter, line_event_time_ms, parse_enriched_line
 from pipeline.rules.times import iso_utc, window_start
 from pipeline.runtime.run_status import STATUS_OBJECT
 from pipeline.testing.outputs import assert_history_equals_model, read_history
-from pipeline.transforms.parse_events import line_event_time_ms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOpt
 from pipeline.apps.producer import put_records
 from pipeline.apps.simulator import SimulationSettings, simulate, write_lines
 from pipeline.main import build_pipeline, parse_options, run
-from pipeline.runtime import engines as runners
+from pipeline.runtime import flink as runners
 from pipeline.testing.aws_server import free_port, make_stream
 from pipeline.testing.outputs import assert_history_equals_model, read_history
 from pipeline.testing.reference_model import model_transition_totals
@@ -78,12 +78,7 @@ def test_bounded_replay_through_the_job_api_matches_the_model(job_endpoint, tmp_
     assert len(dead_letters(bad)) == stream.malformed > 0
 
 
-def test_stream_through_the_job_api_matches_the_model(
-    job_endpoint,
-    moto_endpoint,
-    tmp_path,
-    read_snapshot_dir,
-):
+def test_stream_through_the_job_api_matches_the_model(job_endpoint, moto_endpoint, tmp_path):
     stream = simulate(
         SimulationSettings(seed=17, players=40, duration_secs=600, max_out_of_orderness_secs=10)
     )
@@ -169,7 +164,7 @@ def test_a_missing_job_server_jar_says_make_flink_jar_and_the_coordinates(tmp_pa
     [message] = errors_for("--runner=FlinkRunner", "--flink_master=[local]")
     assert "make flink-jar" in message and str(tmp_path / "absent.jar") in message
     assert runners.RUNNER_COORDINATES in message and runners.JOB_SERVICE_COORDINATES in message
-    assert "org.apache.beam:beam-runners-flink-1.19-job-server:2.77.0 is not served" in message
+    assert "Beam's own org.apache.beam:beam-runners-flink-1.19-job-server:2.77.0)" in message
 
 
 @pytest.mark.parametrize(

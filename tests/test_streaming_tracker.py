@@ -14,8 +14,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.utils.timestamp import Timestamp
 
+from pipeline.rules.observations import EnrichedRecord
 from pipeline.testing.enriched_lines import enriched_line, level_context
-from pipeline.transforms.parse_events import EnrichedRecord, ParseEnrichedEvents
+from pipeline.transforms.parse_events import ParseEnrichedEvents
 from pipeline.transforms.track_players import TrackPlayerLevels
 
 S = 1000

@@ -241,3 +241,21 @@ def printable(raw: bytes | str) -> str:
     if isinstance(raw, bytes):
         return raw.decode("utf-8", errors="backslashreplace")
     return raw
+
+
+class EnrichedRecord(NamedTuple):
+    """What a source hands to the parser: the raw line and where it came from."""
+
+    position: str
+    data: bytes | str
+
+
+def line_event_time_ms(data, event_time_field: str) -> int | None:
+    """The event time of an enriched line, or None when it has none usable."""
+    try:
+        fields = decode_line(data).split("\t")
+        if len(fields) != len(FIELD_NAMES):
+            return None
+        return event_time_ms(fields, event_time_field)
+    except BadLine:
+        return None

@@ -23,10 +23,10 @@ from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 from apache_beam.typehints import KV
-from apache_beam.utils.timestamp import Timestamp
 
 from pipeline.rules.ledger import Checkpoint
 from pipeline.runtime import metrics
+from pipeline.runtime.timestamps import ms_to_timestamp
 from pipeline.sinks.dynamodb import (
     DefaultClientFactory,
     checkpoint_write,
@@ -49,10 +49,6 @@ def due_and_later(pending: list, fired_at_ms: int) -> tuple:
     later = [c for c in pending if commit_ms(c) > fired_at_ms]
     newest = max(due, key=lambda c: c.as_of_ms, default=None)
     return newest, later
-
-
-def _timestamp(ms: int) -> Timestamp:
-    return Timestamp(micros=ms * 1000)
 
 
 class _CommitFn(beam.DoFn):
@@ -88,7 +84,7 @@ class _CommitFn(beam.DoFn):
         held = list(pending.read())
         pending.add(checkpoint)
         if not held or commit_ms(checkpoint) < min(commit_ms(c) for c in held):
-            commit.set(_timestamp(commit_ms(checkpoint)))
+            commit.set(ms_to_timestamp(commit_ms(checkpoint)))
 
     @on_timer(COMMIT)
     def on_commit(
@@ -109,7 +105,7 @@ class _CommitFn(beam.DoFn):
         for checkpoint in later:
             pending.add(checkpoint)
         if later:
-            commit.set(_timestamp(min(commit_ms(c) for c in later)))
+            commit.set(ms_to_timestamp(min(commit_ms(c) for c in later)))
 
 
 class CommitCheckpoints(beam.PTransform):

@@ -25,7 +25,8 @@ from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 
 from pipeline.rules.times import iso_utc, window_start
 from pipeline.runtime import metrics
-from pipeline.sinks.snapshots import join_path, write_object
+from pipeline.runtime.timestamps import ms_to_timestamp
+from pipeline.sinks.objects import join_path, write_object
 
 UNDATED = "undated"
 
@@ -59,7 +60,7 @@ class _KeyByObjectFn(beam.DoFn):
             keyed = (None, letter.to_json())  # a file line with no usable time
         else:
             end_ms = window_start(time_ms, self._window_ms) + self._window_ms
-            keyed = window.TimestampedValue((end_ms, letter.to_json()), Timestamp(micros=time_ms * 1000))
+            keyed = window.TimestampedValue((end_ms, letter.to_json()), ms_to_timestamp(time_ms))
         yield keyed
 
 

@@ -10,7 +10,6 @@ import json
 import logging
 
 import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
 
 from pipeline.rules.snapshot_format import (
     LEVELS_LATEST,
@@ -22,24 +21,9 @@ from pipeline.rules.snapshot_format import (
 )
 from pipeline.rules.times import parse_timestamp_ms
 from pipeline.runtime import metrics
+from pipeline.sinks.objects import join_path, read_object, write_object
 
 _LOG = logging.getLogger(__name__)
-
-
-def join_path(base: str, name: str) -> str:
-    return FileSystems.join(base.rstrip("/"), name) if base else name
-
-
-def write_object(path: str, body: bytes) -> None:
-    with FileSystems.create(path, mime_type="application/json") as handle:
-        handle.write(body)
-
-
-def read_object(path: str):
-    if not FileSystems.exists(path):
-        return None
-    with FileSystems.open(path, compression_type="uncompressed") as handle:
-        return handle.read()
 
 
 def publish_snapshot(snapshot_path: str, window_secs: int, snapshot) -> int:

@@ -3,7 +3,7 @@
 import apache_beam as beam
 from apache_beam.io import fileio
 
-from pipeline.transforms.parse_events import EnrichedRecord
+from pipeline.rules.observations import EnrichedRecord
 
 
 def records_of(readable_file):

@@ -76,17 +76,18 @@ from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
 from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
-from apache_beam.utils.timestamp import Timestamp
 
 from pipeline.rules.observations import (
     DEFAULT_EVENT_TIME_FIELD,
     LATE,
     DeadLetter,
+    EnrichedRecord,
+    line_event_time_ms,
     printable,
 )
 from pipeline.rules.times import epoch_ms
 from pipeline.runtime import metrics
-from pipeline.transforms.parse_events import EnrichedRecord, line_event_time_ms
+from pipeline.runtime.timestamps import ms_to_timestamp
 
 _LOG = logging.getLogger(__name__)
 
@@ -465,8 +466,8 @@ class _ReadShardsFn(beam.DoFn):
             restriction, now_ms, self._s["out_of_orderness_ms"], self._s["idle_shard_ms"]
         )
         current = watermark.current_watermark()
-        if mark is not None and (current is None or Timestamp(micros=mark * 1000) > current):
-            watermark.set_watermark(Timestamp(micros=mark * 1000))
+        if mark is not None and (current is None or ms_to_timestamp(mark) > current):
+            watermark.set_watermark(ms_to_timestamp(mark))
         stop_ms = self._s["stop_when_idle_ms"]
         if not restriction.cursors or (stop_ms is not None and all_idle(restriction, now_ms, stop_ms)):
             tracker.try_claim(StopClaim())  # finished: this restriction's watermark goes to +inf
@@ -543,9 +544,9 @@ class _ReadShardsFn(beam.DoFn):
             letter = DeadLetter(LATE, detail, position, printable(data), event_ms)
             # Dated at the instant it missed, so its dead-letter window is still open.
             return pvalue.TaggedOutput(
-                ReadKinesisRecords.LATE, TimestampedValue(letter, Timestamp(micros=bound_ms * 1000))
+                ReadKinesisRecords.LATE, TimestampedValue(letter, ms_to_timestamp(bound_ms))
             )
-        return TimestampedValue(EnrichedRecord(position, data), Timestamp(micros=time_ms * 1000))
+        return TimestampedValue(EnrichedRecord(position, data), ms_to_timestamp(time_ms))
 
     def _adopt_children(self, root, shard_id, tracker):
         """Hands a closed shard over to its children; False if the claim was refused."""

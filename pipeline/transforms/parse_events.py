@@ -1,41 +1,20 @@
 """ParseEnrichedEvents: enriched TSV records -> level observations, bad lines -> dead letters."""
 
-from typing import NamedTuple
-
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.transforms.window import TimestampedValue
-from apache_beam.utils.timestamp import Timestamp
 
 from pipeline.rules.observations import (
     DEFAULT_EVENT_TIME_FIELD,
-    FIELD_NAMES,
     BadLine,
     DeadLetter,
-    decode_line,
-    event_time_ms,
+    EnrichedRecord,
+    line_event_time_ms,
     parse_enriched_line,
     printable,
 )
 from pipeline.runtime import metrics
-
-
-class EnrichedRecord(NamedTuple):
-    """What a source hands to the parser: the raw line and where it came from."""
-
-    position: str
-    data: bytes | str
-
-
-def line_event_time_ms(data, event_time_field: str) -> int | None:
-    """The event time of an enriched line, or None when it has none usable."""
-    try:
-        fields = decode_line(data).split("\t")
-        if len(fields) != len(FIELD_NAMES):
-            return None
-        return event_time_ms(fields, event_time_field)
-    except BadLine:
-        return None
+from pipeline.runtime.timestamps import ms_to_timestamp
 
 
 class _ParseLineFn(beam.DoFn):
@@ -66,7 +45,7 @@ class _ParseLineFn(beam.DoFn):
             self._without_context.inc()
         for observation in observations:
             self._observations.inc()
-            yield TimestampedValue(observation, Timestamp(micros=observation.event_time_ms * 1000))
+            yield TimestampedValue(observation, ms_to_timestamp(observation.event_time_ms))
 
     def _bad_counter(self, reason):
         if reason not in self._bad:

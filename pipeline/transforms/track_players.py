@@ -8,20 +8,12 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.typehints import KV, Tuple
-from apache_beam.utils.timestamp import Timestamp
 
 from pipeline.rules.observations import LATE, DeadLetter, Observation
 from pipeline.rules.player_state import PlayerTimeline, replay_all
 from pipeline.runtime import metrics
 from pipeline.runtime.beam_patches import size_state_cheaply
-
-
-def ms_to_timestamp(ms: int) -> Timestamp:
-    return Timestamp(micros=ms * 1000)
-
-
-def timestamp_to_ms(ts: Timestamp) -> int:
-    return ts.micros // 1000
+from pipeline.runtime.timestamps import ms_to_timestamp, timestamp_to_ms
 
 
 class _TrackPlayerFn(beam.DoFn):
