@@ -26,7 +26,6 @@ from botocore.exceptions import ClientError
 from pipeline.apps.dashboard import model
 from pipeline.apps.dashboard.model import (
     OUTSIDE,
-    TableItem,
     Transition,
     counts_of,
     level_order,
@@ -44,6 +43,7 @@ from pipeline.apps.dashboard.model import (
 )
 from pipeline.apps.dashboard.server import Dashboard, Settings, short_error
 from pipeline.apps.dashboard.sources import DirStore, History
+from pipeline.apps.published import LevelItem
 from pipeline.rules.catalogue import campaign_levels
 from pipeline.rules.times import iso_utc
 from pipeline.testing.aws_server import REGION, free_port
@@ -430,9 +430,9 @@ def test_live_levels_take_the_table_when_it_is_at_least_as_new_as_the_window():
     window = {"update_time": "2026-12-02T08:01:00Z", "level_player_counts": {"a": 1}}
     end_ms = parse_window_end("2026-12-02T08:01:00Z")
     newer = [
-        TableItem("a", 2, end_ms + 5_000),
-        TableItem("b", 0, end_ms + 5_000),
-        TableItem(HOSTILE, 7, end_ms),
+        LevelItem("a", 2, end_ms + 5_000),
+        LevelItem("b", 0, end_ms + 5_000),
+        LevelItem(HOSTILE, 7, end_ms),
     ]
     live = live_levels(newer, window, ["a", "b"])
     assert live["source"] == "table" and live["as_of"] == "2026-12-02T08:01:05Z"
@@ -442,7 +442,7 @@ def test_live_levels_take_the_table_when_it_is_at_least_as_new_as_the_window():
         {"level": HOSTILE, "players": 7},
     ]
     assert live["total_players"] == 9
-    older = [TableItem("a", 9, end_ms - 1)]
+    older = [LevelItem("a", 9, end_ms - 1)]
     assert live_levels(older, window, ["a"])["source"] == "window"
     assert live_levels(older, window, ["a"])["levels"] == [{"level": "a", "players": 1}]
     assert live_levels(None, window, ["a"])["as_of"] == "2026-12-02T08:01:00Z"

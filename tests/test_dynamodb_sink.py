@@ -233,9 +233,7 @@ class ThrottlingClientFactory:
 
 def test_throttled_write_is_retried(tables):
     update = CounterUpdate(5_000, (("a", 2), ("b", 1)), (("/a", 2), ("/b", 1)))
-    sink = tables.sink(
-        client_factory=ThrottlingClientFactory(tables.endpoint, "b", 2), backoff_base_secs=0.001
-    )
+    sink = tables.sink(client_factory=ThrottlingClientFactory(tables.endpoint, "b", 2))
     metrics = run([update], sink)
     levels, transitions, _ = tables.state()
     assert {k: int(v["playerCount"]["N"]) for k, v in levels.items()} == {"a": 2, "b": 1}
@@ -248,8 +246,7 @@ def test_permanent_throttling_fails_loudly(tables):
     failing = CounterUpdate(120_000, (("a", 3), ("doomed", 1)), (("/doomed", 1),))
     sink = tables.sink(
         client_factory=ThrottlingClientFactory(tables.endpoint, "doomed", 10**9),
-        max_attempts=3,
-        backoff_base_secs=0.001,
+        retry_for_secs=1.0,
     )
     with pytest.raises(
         Exception, match=rf"table '{tables.level}' key levelId=doomed.*ProvisionedThroughputExceeded"

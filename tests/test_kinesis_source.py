@@ -647,4 +647,8 @@ def test_the_transform_pickles_with_its_default_client_factory():
 
     transform = ReadKinesisRecords("s", REGION, endpoint_url="http://127.0.0.1:1")
     restored = pickle.loads(pickle.dumps(transform._client_factory))
-    assert restored.args == (REGION, "http://127.0.0.1:1")
+    assert (restored.service, restored.region, restored.endpoint_url) == (
+        "kinesis",
+        REGION,
+        "http://127.0.0.1:1",
+    )

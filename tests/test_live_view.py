@@ -14,7 +14,8 @@ import boto3
 import pytest
 
 from pipeline.apps import live_view
-from pipeline.apps.live_view import BAR, LevelItem, ViewState, render_frame, status_line
+from pipeline.apps.live_view import BAR, ViewState, render_frame, status_line
+from pipeline.apps.published import LevelItem
 from pipeline.sinks.dynamodb import create_tables
 from pipeline.testing.aws_server import REGION
 

@@ -19,7 +19,7 @@ Anything not there yet is shown as "—"; when nothing at all is there, a "waiti
 the pipeline…" frame. AWS and read errors are shown in the frame, one line each.
 
 The display is pure functions of a ViewState (render_frame, status_line), kept apart
-from the thin readers (read_levels, read_progress, read_json_object) so they can be
+from the thin readers (pipeline.apps.published, read_json_object) so they can be
 tested without AWS.
 """
 
@@ -29,29 +29,22 @@ import os
 import shutil
 import sys
 import time
-from decimal import Decimal, InvalidOperation
 from typing import NamedTuple
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from pipeline.apps.published import LevelItem, read_committed_ms, read_level_table
+from pipeline.aws import ClientFactory, error_code
 from pipeline.rules.snapshot_format import STATUS_OBJECT, TRANSITIONS_LATEST
+from pipeline.rules.tables import LEVEL_TABLE, PROGRESS_TABLE, TRANSITIONS_TABLE
 from pipeline.rules.times import iso_utc, parse_iso_ms
 
-PIPELINE_NAME = "level-analytics"  # the progress table's key, as pipeline.sinks.dynamodb writes it
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
 DASH = "—"
 WAITING = "waiting for the pipeline… nothing published yet"
 TOP_TRANSITIONS = 10
 TOP_LEVELS_IN_LINE = 3
 BAR = "█"
-
-
-class LevelItem(NamedTuple):
-    level: str
-    players: int
-    as_of_ms: int | None = None  # the update instant the count reflects
 
 
 class ViewState(NamedTuple):
@@ -336,45 +329,6 @@ def render_frame(
 # --- readers (thin I/O) -----------------------------------------------------------------
 
 
-def _error_code(error: ClientError) -> str:
-    return error.response.get("Error", {}).get("Code", "")
-
-
-def _number(attribute) -> int | None:
-    try:
-        return int(Decimal(attribute["N"]))
-    except (KeyError, TypeError, InvalidOperation, ValueError):
-        return None
-
-
-def read_levels(client, table: str) -> tuple[LevelItem, ...] | None:
-    """Every item of the level table; None when the table does not exist (yet)."""
-    try:
-        pages = client.get_paginator("scan").paginate(TableName=table)
-        items = [item for page in pages for item in page.get("Items", [])]
-    except ClientError as error:
-        if _error_code(error) == "ResourceNotFoundException":
-            return None
-        raise
-    levels = []
-    for item in items:
-        players = _number(item.get("playerCount"))
-        if "levelId" in item and players is not None:
-            levels.append(LevelItem(item["levelId"].get("S", ""), players, _number(item.get("asOf"))))
-    return tuple(levels)
-
-
-def read_progress(client, table: str, pipeline_name: str = PIPELINE_NAME) -> int | None:
-    """asOf (epoch ms) of the committed checkpoint; None when there is none (yet)."""
-    try:
-        item = client.get_item(TableName=table, Key={"pipeline": {"S": pipeline_name}}).get("Item")
-    except ClientError as error:
-        if _error_code(error) == "ResourceNotFoundException":
-            return None
-        raise
-    return None if not item else _number(item.get("asOf"))
-
-
 def object_path(snapshot_path: str, name: str) -> str:
     if snapshot_path.startswith("s3://"):
         return f"{snapshot_path.rstrip('/')}/{name}"
@@ -395,7 +349,7 @@ def read_json_object_with_time(path: str, s3_client) -> tuple[dict, int] | None:
         try:
             response = s3_client.get_object(Bucket=bucket, Key=key)
         except ClientError as error:
-            if _error_code(error) in ("NoSuchKey", "404"):
+            if error_code(error) in ("NoSuchKey", "404"):
                 return None
             raise
         body, modified_ms = response["Body"].read(), int(response["LastModified"].timestamp() * 1000)
@@ -422,8 +376,8 @@ def read_state(
     dynamodb,
     s3,
     snapshot_path: str | None,
-    level_table: str = "level-state",
-    progress_table: str = "level-analytics-progress",
+    level_table: str = LEVEL_TABLE,
+    progress_table: str = PROGRESS_TABLE,
 ) -> ViewState:
     """Reads every source; a source that fails is None in the state and one error line."""
     errors = []
@@ -435,8 +389,8 @@ def read_state(
             errors.append(f"{what}: {_one_line(error)}")
             return None
 
-    levels = attempt(level_table, lambda: read_levels(dynamodb, level_table))
-    committed_ms = attempt(progress_table, lambda: read_progress(dynamodb, progress_table))
+    levels = attempt(level_table, lambda: read_level_table(dynamodb, level_table))
+    committed_ms = attempt(progress_table, lambda: read_committed_ms(dynamodb, progress_table))
     transition_info = status = published_ms = None
     if snapshot_path:
         transitions_path = object_path(snapshot_path, TRANSITIONS_LATEST)
@@ -472,16 +426,14 @@ def parse_args(argv) -> argparse.Namespace:
         help="The pipeline's --snapshot_path: a directory or s3://bucket/prefix. Default: none "
         "(no transitions, no pipeline status).",
     )
-    parser.add_argument("--level_table", default="level-state", help="Default: level-state.")
+    parser.add_argument("--level_table", default=LEVEL_TABLE, help=f"Default: {LEVEL_TABLE}.")
     parser.add_argument(
         "--transitions_table",
-        default="transitions",
+        default=TRANSITIONS_TABLE,
         help="Accepted so the pipeline's flags can be reused; not read (the window's "
         "transitions come from the snapshot). Default: transitions.",
     )
-    parser.add_argument(
-        "--progress_table", default="level-analytics-progress", help="Default: level-analytics-progress."
-    )
+    parser.add_argument("--progress_table", default=PROGRESS_TABLE, help=f"Default: {PROGRESS_TABLE}.")
     parser.add_argument("--refresh_secs", type=_positive, default=2.0, help="Default: 2.")
     parser.add_argument(
         "--dashboard_url",
@@ -509,11 +461,11 @@ def parse_args(argv) -> argparse.Namespace:
 
 def make_clients(region: str, endpoint_url: str | None, snapshot_path: str | None):
     """(dynamodb, s3 or None). Short timeouts and few retries: the next refresh retries."""
-    config = Config(connect_timeout=2, read_timeout=5, retries={"mode": "standard", "max_attempts": 2})
-    dynamodb = boto3.client("dynamodb", region_name=region, endpoint_url=endpoint_url, config=config)
+    quick = {"connect_timeout": 2, "read_timeout": 5, "retries": {"mode": "standard", "max_attempts": 2}}
+    dynamodb = ClientFactory("dynamodb", region, endpoint_url, **quick)()
     s3 = None
     if snapshot_path and snapshot_path.startswith("s3://"):
-        s3 = boto3.client("s3", region_name=region, endpoint_url=endpoint_url, config=config)
+        s3 = ClientFactory("s3", region, endpoint_url, **quick)()
     return dynamodb, s3
 
 

@@ -3,8 +3,9 @@ in batches within the service's limits, records a partial failure refused sent a
 with backoff, then a loud failure. Used by the simulator, the tests and the benchmarks."""
 
 import hashlib
-import random
 import time
+
+from pipeline.aws import backoff_delay_secs
 
 PUT_RECORDS_MAX_RECORDS = 500  # the service's limits per PutRecords call
 PUT_RECORDS_MAX_BYTES = 5 * 1024 * 1024
@@ -59,7 +60,7 @@ def put_records(
             waiting = refused
             if not waiting:
                 break
-            sleep(min(5.0, 0.1 * 2**attempt) * random.random())
+            sleep(backoff_delay_secs(attempt, 0.1, 5.0))
         else:
             raise PutRecordsError(
                 f"{len(waiting)} records still refused by stream {stream_name!r} after {max_attempts} attempts"

@@ -26,15 +26,15 @@ import sys
 import threading
 import time
 
-import boto3
-
+from pipeline.aws import ClientFactory
 from pipeline.rules.snapshot_format import STATUS_OBJECT
+from pipeline.rules.tables import LEVEL_TABLE, PROGRESS_TABLE, TRANSITIONS_TABLE
 from pipeline.testing.aws_server import DUMMY_CREDENTIALS, free_port, is_free
 
 REGION = "us-east-1"
 STREAM = "enriched-good"
 BUCKET = "level-analytics"
-TABLES = ("level-state", "transitions", "level-analytics-progress")
+TABLES = (LEVEL_TABLE, TRANSITIONS_TABLE, PROGRESS_TABLE)
 
 
 def parse_args(argv):
@@ -153,7 +153,7 @@ class LocalSystem:
                 time.sleep(0.2)
 
     def client(self, service):
-        return boto3.client(service, region_name=self.args.aws_region, endpoint_url=self.endpoint)
+        return ClientFactory(service, self.args.aws_region, self.endpoint)()
 
     def create_resources(self):
         """The stream, the tables and the bucket, each only if missing."""

@@ -22,6 +22,7 @@ import uuid
 from typing import NamedTuple
 
 from pipeline.apps.producer import put_records
+from pipeline.aws import ClientFactory
 from pipeline.rules.catalogue import campaign_levels
 from pipeline.rules.observations import Observation
 from pipeline.testing.enriched_lines import (
@@ -170,9 +171,7 @@ def write_lines(path: str, lines: list[bytes]) -> None:
 
 
 def kinesis_client(region: str, endpoint_url: str | None):
-    import boto3
-
-    return boto3.client("kinesis", region_name=region, endpoint_url=endpoint_url)
+    return ClientFactory("kinesis", region, endpoint_url)()
 
 
 class TruthWriter:

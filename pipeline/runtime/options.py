@@ -3,6 +3,7 @@
 from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
 from pipeline.rules.observations import DEFAULT_EVENT_TIME_FIELD, EVENT_TIME_FIELDS
+from pipeline.rules.tables import LEVEL_TABLE, PROGRESS_TABLE, TRANSITIONS_TABLE
 from pipeline.sources.kinesis import parse_initial_position
 
 
@@ -108,12 +109,14 @@ class LevelAnalyticsOptions(PipelineOptions):
             help="Keep the level-state and transitions tables up to date (every --update_secs), and "
             "resume from the progress table's checkpoint after a restart. Default: off.",
         )
-        tables.add_argument("--level_table", default="level-state", help="Default: level-state.")
-        tables.add_argument("--transitions_table", default="transitions", help="Default: transitions.")
+        tables.add_argument("--level_table", default=LEVEL_TABLE, help=f"Default: {LEVEL_TABLE}.")
+        tables.add_argument(
+            "--transitions_table", default=TRANSITIONS_TABLE, help=f"Default: {TRANSITIONS_TABLE}."
+        )
         tables.add_argument(
             "--progress_table",
-            default="level-analytics-progress",
-            help="Where the pipeline records how far it has committed. Default: level-analytics-progress.",
+            default=PROGRESS_TABLE,
+            help=f"Where the pipeline records how far it has committed. Default: {PROGRESS_TABLE}.",
         )
         tables.add_argument(
             "--create_tables",

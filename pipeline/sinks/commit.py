@@ -24,18 +24,12 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 from apache_beam.typehints import KV
 
+from pipeline.aws import RETRY_FOR_SECS
 from pipeline.rules.ledger import Checkpoint
+from pipeline.rules.tables import PIPELINE_NAME
 from pipeline.runtime import metrics
 from pipeline.runtime.timestamps import ms_to_timestamp
-from pipeline.sinks.dynamodb import (
-    DefaultClientFactory,
-    checkpoint_write,
-    count_outcome,
-    retry_settings,
-    write_item,
-)
-
-PIPELINE_NAME = "level-analytics"  # the progress table's key
+from pipeline.sinks.dynamodb import checkpoint_write, count_outcome, dynamodb_client_factory, write_item
 
 
 def commit_ms(checkpoint: Checkpoint) -> int:
@@ -57,10 +51,10 @@ class _CommitFn(beam.DoFn):
     PENDING = BagStateSpec("pending_checkpoints", PickleCoder())
     COMMIT = TimerSpec("commit", TimeDomain.WATERMARK)
 
-    def __init__(self, client_factory, progress_table: str, retry: dict):
+    def __init__(self, client_factory, progress_table: str, retry_for_secs: float):
         self._client_factory = client_factory
         self._progress_table = progress_table
-        self._retry = retry
+        self._retry_for_secs = retry_for_secs
         self._client = None
         self._writes = metrics.counter("dynamodb_writes")
         self._retries = metrics.counter("dynamodb_retries")
@@ -97,7 +91,10 @@ class _CommitFn(beam.DoFn):
         if newest is not None:
             write = checkpoint_write(self._progress_table, PIPELINE_NAME, newest)
             count_outcome(
-                write_item(self._client, write, **self._retry), self._writes, self._retries, self._repeats
+                write_item(self._client, write, self._retry_for_secs),
+                self._writes,
+                self._retries,
+                self._repeats,
             )
             self._checkpoints.inc()
             self._committed.set(newest.as_of_ms)
@@ -113,13 +110,19 @@ class CommitCheckpoints(beam.PTransform):
     PCollection in `written_before` ({name: a writer's output, each element timestamped
     at the instant of what it wrote}) has passed its instant."""
 
-    def __init__(self, region, endpoint_url, progress_table, written_before, client_factory=None, **retry):
+    def __init__(
+        self,
+        region,
+        endpoint_url,
+        progress_table,
+        written_before,
+        client_factory=None,
+        retry_for_secs=RETRY_FOR_SECS,
+    ):
         super().__init__()
         self._written_before = dict(written_before)
         self._fn = _CommitFn(
-            client_factory or DefaultClientFactory(region, endpoint_url),
-            progress_table,
-            retry_settings(**retry),
+            client_factory or dynamodb_client_factory(region, endpoint_url), progress_table, retry_for_secs
         )
 
     def expand(self, checkpoints):

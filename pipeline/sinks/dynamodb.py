@@ -1,8 +1,5 @@
-"""WriteCounterUpdates: the ledger's CounterUpdates to DynamoDB, effectively once.
-
-level table        levelId (S) -> playerCount (N), asOf (N), updatedAt (S)
-transitions table  transitionLevels (S, "from/to") -> count (N), levelFrom (S), levelTo (S), asOf (N)
-progress table     pipeline (S) -> asOf (N), levels (S, JSON), transitionTotals (S, JSON), updatedAt (S)
+"""WriteCounterUpdates: the ledger's CounterUpdates to DynamoDB, effectively once (the
+tables: pipeline.rules.tables).
 
 Every write is a conditional UpdateItem of an absolute value ("asOf < :as_of"), so no
 write can apply twice or move a value back in time. BatchWriteItem takes no condition
@@ -11,16 +8,22 @@ and is not used.
 
 import json
 import logging
-import random
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, NamedTuple
 
 import apache_beam as beam
-from botocore.exceptions import ClientError, HTTPClientError
-from botocore.exceptions import ConnectionError as BotocoreConnectionError
+from botocore.exceptions import ClientError
 
+from pipeline.aws import RETRY_FOR_SECS, ClientFactory, call_with_retries, error_code
 from pipeline.rules.ledger import Checkpoint, CounterUpdate
+from pipeline.rules.tables import (
+    LEVEL_KEY,
+    LEVEL_TABLE,
+    PIPELINE_NAME,
+    PROGRESS_KEY,
+    TRANSITION_KEY,
+    TRANSITIONS_TABLE,
+)
 from pipeline.rules.times import iso_utc
 from pipeline.runtime import metrics
 
@@ -28,16 +31,7 @@ _LOG = logging.getLogger(__name__)
 
 NEWER_ONLY = "attribute_not_exists(asOf) OR asOf < :as_of"
 REPEAT = "ConditionalCheckFailedException"
-THROTTLING = frozenset(
-    {"ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded"}
-)
-TRANSIENT = THROTTLING | {"InternalServerError", "ServiceUnavailable"}
-CONNECTION_ERRORS = (BotocoreConnectionError, HTTPClientError)  # incl. ReadTimeout, ConnectionClosed
 WRITE_WORKERS = 8
-
-
-class DynamoDBWriteError(RuntimeError):
-    """An item that could not be written; the runner retries the bundle (idempotent)."""
 
 
 class _Write(NamedTuple):
@@ -102,39 +96,32 @@ def checkpoint_write(table: str, pipeline_name: str, checkpoint: Checkpoint) -> 
     return _Write(table, {"pipeline": {"S": pipeline_name}}, sets, checkpoint.as_of_ms)
 
 
-def write_item(client, write: _Write, max_attempts: int, backoff_base_secs: float, backoff_max_secs: float):
-    """One conditional UpdateItem, retried (exponential backoff, full jitter) on throttling
-    and connection errors. A failed condition is a success (a repeat). Thread-safe; it
-    touches no Beam metric (metrics are thread-local: the caller counts the outcome)."""
+def write_item(client, write: _Write, retry_for_secs: float = RETRY_FOR_SECS) -> _Outcome:
+    """One conditional UpdateItem, retried with backoff while AWS is throttling or away
+    (pipeline.aws), then AwsCallFailed. A failed condition is a success (a repeat).
+    Thread-safe; it touches no Beam metric (metrics are thread-local: the caller counts
+    the outcome)."""
     request = write.request()
-    for attempt in range(max_attempts):
+
+    def update():
         try:
             client.update_item(**request)
-            return _Outcome(attempt, False)
+            return False
         except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "")
-            if code == REPEAT:
-                return _Outcome(attempt, True)
-            if code not in TRANSIENT:
-                raise DynamoDBWriteError(
-                    f"UpdateItem failed for {write.describe()}: {code}: {error}"
-                ) from error
-            last_error = f"{code}: {error}"
-        except CONNECTION_ERRORS as error:
-            last_error = f"{type(error).__name__}: {error}"
-        if attempt + 1 < max_attempts:
-            time.sleep(random.uniform(0, min(backoff_max_secs, backoff_base_secs * 2**attempt)))
-    raise DynamoDBWriteError(
-        f"UpdateItem failed for {write.describe()} after {max_attempts} attempts: {last_error}"
-    )
+            if error_code(error) == REPEAT:
+                return True  # this value or a newer one is there already
+            raise
+
+    repeat, retries = call_with_retries(update, f"UpdateItem on {write.describe()}", retry_for_secs)
+    return _Outcome(retries, repeat)
+
+
+def dynamodb_client_factory(region: str, endpoint_url: str | None) -> ClientFactory:
+    return ClientFactory("dynamodb", region, endpoint_url, max_pool_connections=WRITE_WORKERS * 2)
 
 
 def default_client(region: str, endpoint_url: str | None):
-    import boto3
-    from botocore.config import Config
-
-    config = Config(retries={"mode": "adaptive", "max_attempts": 10}, max_pool_connections=WRITE_WORKERS * 2)
-    return boto3.client("dynamodb", region_name=region, endpoint_url=endpoint_url, config=config)
+    return dynamodb_client_factory(region, endpoint_url)()
 
 
 class _WriteCounterUpdatesFn(beam.DoFn):
@@ -148,18 +135,21 @@ class _WriteCounterUpdatesFn(beam.DoFn):
     the second time and changes nothing; an older update processed after a newer one
     (out of order) fails it too, so no value moves back in time. A failed condition
     means "this value or a newer one is there": success, counted as
-    dynamodb_rejected_repeats. Any other failure, after bounded retries, raises: the
-    runner retries the bundle, which is safe for the same reason.
+    dynamodb_rejected_repeats. Throttling and a missing AWS are waited out (bounded,
+    pipeline.aws); any other failure raises: the runner retries the bundle, which is
+    safe for the same reason.
 
     The checkpoint is not written here but by CommitCheckpoints, once the watermark
     shows every update up to its instant written (pipeline.sinks.commit).
     """
 
-    def __init__(self, client_factory: Callable, level_table: str, transitions_table: str, retry: dict):
+    def __init__(
+        self, client_factory: Callable, level_table: str, transitions_table: str, retry_for_secs: float
+    ):
         self._client_factory = client_factory
         self._level_table = level_table
         self._transitions_table = transitions_table
-        self._retry = retry
+        self._retry_for_secs = retry_for_secs
         self._client = None
         self._pool = None
         self._writes = metrics.counter("dynamodb_writes")
@@ -186,7 +176,7 @@ class _WriteCounterUpdatesFn(beam.DoFn):
             transition_write(self._transitions_table, k, n, update.as_of_ms)
             for k, n in update.transition_totals
         ]
-        futures = [self._pool.submit(write_item, self._client, w, **self._retry) for w in writes]
+        futures = [self._pool.submit(write_item, self._client, w, self._retry_for_secs) for w in writes]
         errors = []
         for future in futures:  # wait for all, so none is still in flight when we raise
             try:
@@ -205,25 +195,6 @@ def count_outcome(outcome: _Outcome, writes, retries, repeats):
     (repeats if outcome.repeat else writes).inc()
 
 
-class DefaultClientFactory:
-    """Picklable: the client itself is made in each worker's setup()."""
-
-    def __init__(self, region: str, endpoint_url: str | None):
-        self._region = region
-        self._endpoint_url = endpoint_url
-
-    def __call__(self):
-        return default_client(self._region, self._endpoint_url)
-
-
-def retry_settings(max_attempts=8, backoff_base_secs=0.1, backoff_max_secs=5.0) -> dict:
-    return {
-        "max_attempts": max_attempts,
-        "backoff_base_secs": backoff_base_secs,
-        "backoff_max_secs": backoff_max_secs,
-    }
-
-
 class WriteCounterUpdates(beam.PTransform):
     """CounterUpdates -> the level and transitions tables. Returns the CounterUpdates,
     each once it is written."""
@@ -232,17 +203,17 @@ class WriteCounterUpdates(beam.PTransform):
         self,
         region,
         endpoint_url=None,
-        level_table="level-state",
-        transitions_table="transitions",
+        level_table=LEVEL_TABLE,
+        transitions_table=TRANSITIONS_TABLE,
         client_factory=None,
-        **retry,
+        retry_for_secs=RETRY_FOR_SECS,
     ):
         super().__init__()
         self._fn = _WriteCounterUpdatesFn(
-            client_factory or DefaultClientFactory(region, endpoint_url),
+            client_factory or dynamodb_client_factory(region, endpoint_url),
             level_table,
             transitions_table,
-            retry_settings(**retry),
+            retry_for_secs,
         )
 
     def expand(self, counter_updates):
@@ -252,13 +223,13 @@ class WriteCounterUpdates(beam.PTransform):
 def create_tables(client, level_table, transitions_table, progress_table, wait_secs: float = 60.0):
     """Creates the missing tables (on demand billing) and waits until all are ACTIVE.
     Existing tables are left alone."""
-    keys = ((level_table, "levelId"), (transitions_table, "transitionLevels"), (progress_table, "pipeline"))
+    keys = ((level_table, LEVEL_KEY), (transitions_table, TRANSITION_KEY), (progress_table, PROGRESS_KEY))
     for table, key in keys:
         try:
             client.describe_table(TableName=table)
             continue
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+            if error_code(error) != "ResourceNotFoundException":
                 raise
         try:
             client.create_table(
@@ -269,7 +240,7 @@ def create_tables(client, level_table, transitions_table, progress_table, wait_s
             )
             _LOG.info("created DynamoDB table %s", table)
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") != "ResourceInUseException":  # created meanwhile
+            if error_code(error) != "ResourceInUseException":  # created meanwhile
                 raise
     waiter = client.get_waiter("table_exists")
     for table, _ in keys:
@@ -286,7 +257,7 @@ def _counts_of(attribute) -> tuple[tuple[str, int], ...]:
     return tuple(sorted((k, int(n)) for k, n in counts.items()))
 
 
-def read_checkpoint(client, progress_table, pipeline_name="level-analytics") -> Checkpoint | None:
+def read_checkpoint(client, progress_table, pipeline_name=PIPELINE_NAME) -> Checkpoint | None:
     """The stored checkpoint, or None when there is none."""
     item = client.get_item(
         TableName=progress_table, Key={"pipeline": {"S": pipeline_name}}, ConsistentRead=True

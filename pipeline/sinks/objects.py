@@ -1,20 +1,37 @@
 """Objects in a directory or under s3://bucket/prefix, through Beam's FileSystems (so the
-same code writes locally, to S3, or to any filesystem Beam knows)."""
+same code writes locally, to S3, or to any filesystem Beam knows).
+
+Reads and writes wait out throttling (S3's 503 SlowDown) and a missing AWS with backoff
+(pipeline.aws), then fail loudly. A rewrite is harmless: every object the pipeline
+writes is a function of what it describes (same name, same bytes).
+"""
 
 from apache_beam.io.filesystems import FileSystems
+
+from pipeline.aws import RETRY_FOR_SECS, call_with_retries
 
 
 def join_path(base: str, name: str) -> str:
     return FileSystems.join(base.rstrip("/"), name) if base else name
 
 
-def write_object(path: str, body: bytes) -> None:
-    with FileSystems.create(path, mime_type="application/json") as handle:
-        handle.write(body)
+def write_object(path: str, body: bytes, retry_for_secs: float = RETRY_FOR_SECS) -> int:
+    """Writes the object; returns how many retries it took."""
+
+    def write():
+        with FileSystems.create(path, mime_type="application/json") as handle:
+            handle.write(body)
+
+    return call_with_retries(write, f"writing {path}", retry_for_secs)[1]
 
 
-def read_object(path: str):
-    if not FileSystems.exists(path):
-        return None
-    with FileSystems.open(path, compression_type="uncompressed") as handle:
-        return handle.read()
+def read_object(path: str, retry_for_secs: float = RETRY_FOR_SECS) -> bytes | None:
+    """The object's bytes, or None when there is none."""
+
+    def read():
+        if not FileSystems.exists(path):
+            return None
+        with FileSystems.open(path, compression_type="uncompressed") as handle:
+            return handle.read()
+
+    return call_with_retries(read, f"reading {path}", retry_for_secs)[0]

@@ -63,9 +63,7 @@ so every player times out and everything is final.
 Not handled: KPL-aggregated records are emitted as they are (not de-aggregated).
 """
 
-import functools
 import logging
-import random
 import time
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -77,6 +75,7 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 
+from pipeline.aws import ClientFactory, backoff_delay_secs, error_code
 from pipeline.rules.observations import (
     DEFAULT_EVENT_TIME_FIELD,
     LATE,
@@ -353,10 +352,6 @@ def all_idle(restriction, now_ms, idle_ms) -> bool:
     )
 
 
-def error_code(error) -> str:
-    return getattr(error, "response", {}).get("Error", {}).get("Code", "")
-
-
 def list_shards(client, stream_name: str) -> list:
     shards, request = [], {"StreamName": stream_name}
     while True:
@@ -383,15 +378,6 @@ def child_shard_ids(shards: list, parent_id: str) -> list:
 def has_successor(shards: list, shard_id: str) -> bool:
     """Whether a shard was split or merged (it is a parent or an adjacent parent)."""
     return any(shard_id in (s.get("ParentShardId"), s.get("AdjacentParentShardId")) for s in shards)
-
-
-def make_kinesis_client(region, endpoint_url):
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "kinesis", region_name=region, endpoint_url=endpoint_url, config=Config(retries={"mode": "standard"})
-    )
 
 
 def _now_ms() -> int:
@@ -589,10 +575,8 @@ class _ReadShardsFn(beam.DoFn):
         """Exponential backoff with full jitter, on top of the normal poll interval."""
         attempts = self._backoffs.get(shard_id, 0) + 1
         self._backoffs[shard_id] = attempts
-        ceiling = min(MAX_BACKOFF_SECS, self._s["poll_interval_secs"] * 2**attempts)
-        self._next_call[shard_id] = (
-            time.monotonic() + self._s["poll_interval_secs"] + random.uniform(0, ceiling)
-        )
+        delay = backoff_delay_secs(attempts, self._s["poll_interval_secs"], MAX_BACKOFF_SECS)
+        self._next_call[shard_id] = time.monotonic() + self._s["poll_interval_secs"] + delay
 
     def _count(self, shard_id, arrival_ms):
         self._records.inc()
@@ -634,8 +618,8 @@ class ReadKinesisRecords(beam.PTransform):
         super().__init__()
         self._stream_name = stream_name
         self._initial = parse_initial_position(initial_position)
-        # A partial of a module-level function pickles; the client itself is made in setup().
-        self._client_factory = client_factory or functools.partial(make_kinesis_client, region, endpoint_url)
+        # The factory pickles; the client itself is made in setup().
+        self._client_factory = client_factory or ClientFactory("kinesis", region, endpoint_url)
         self._settings = {
             "out_of_orderness_ms": int(max_out_of_orderness_secs * 1000),
             "idle_shard_ms": int(idle_shard_secs * 1000),

@@ -8,6 +8,7 @@ import signal
 import sys
 
 from pipeline.apps.dashboard.server import Settings, is_loopback, serve
+from pipeline.rules.tables import LEVEL_TABLE
 
 
 def _positive(text: str) -> float:
@@ -45,7 +46,7 @@ def parse_args(argv) -> Settings:
     parser.add_argument("--aws_region", default="us-east-1", help="Default: us-east-1.")
     parser.add_argument(
         "--level_table",
-        default="level-state",
+        default=LEVEL_TABLE,
         help="DynamoDB table of players per level now; '' to show the latest window's counts only. "
         "Default: level-state.",
     )

@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import NamedTuple
 
+from pipeline.apps.published import LevelItem
 from pipeline.rules.times import iso_utc, parse_iso_ms
 
 OUTSIDE = "(outside)"  # the label of "outside the game" (null from/to) in flows
@@ -23,14 +24,6 @@ class Transition(NamedTuple):
     from_level: str | None  # None: from outside the game (an entry)
     to_level: str | None  # None: to outside the game (an exit)
     count: int
-
-
-class TableItem(NamedTuple):
-    """One item of the level-state table."""
-
-    level: str
-    players: int
-    as_of_ms: int | None
 
 
 # --- levels and their campaign order ----------------------------------------------------
@@ -200,7 +193,7 @@ def window_view(levels_object: dict, transitions: list[Transition] | None, catal
 
 
 def live_levels(
-    table: list[TableItem] | None, levels_object: dict | None, catalogue: list[str]
+    table: list[LevelItem] | None, levels_object: dict | None, catalogue: list[str]
 ) -> dict | None:
     """Players per level right now: the level-state table (updated every few seconds of
     event time) when it has items at least as new as the latest window, else the latest

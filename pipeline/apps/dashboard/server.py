@@ -36,7 +36,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pipeline.apps.dashboard.model import (
     SERIES_SECS,
     SPANS,
-    TableItem,
     Transition,
     counts_of,
     live_levels,
@@ -57,9 +56,11 @@ from pipeline.apps.dashboard.sources import (
     History,
     make_clients,
     make_store,
-    read_level_table,
 )
+from pipeline.apps.published import LevelItem, read_level_table
+from pipeline.aws import error_code
 from pipeline.rules.catalogue import campaign_levels
+from pipeline.rules.tables import LEVEL_TABLE
 from pipeline.rules.times import iso_utc
 
 _LOG = logging.getLogger("pipeline.apps.dashboard")
@@ -83,7 +84,7 @@ class Settings(NamedTuple):
     snapshot_path: str
     aws_region: str = "us-east-1"
     aws_endpoint_url: str | None = None
-    level_table: str = "level-state"  # "" = do not read the table
+    level_table: str = LEVEL_TABLE  # "" = do not read the table
     host: str = "127.0.0.1"
     port: int = 8050
     poll_secs: float = 0.5  # the latest levels object
@@ -109,7 +110,7 @@ def short_error(error: Exception) -> str:
     """What the browser may see of a read error: its code or type, never its message
     (which can hold an endpoint URL, a bucket, an account)."""
     if isinstance(error, ClientError):
-        return str(error.response.get("Error", {}).get("Code") or type(error).__name__)
+        return error_code(error) or type(error).__name__
     return type(error).__name__
 
 
@@ -131,7 +132,7 @@ class Dashboard:
         # The live state; changed on the event loop only.
         self.levels: Fetched | None = None
         self.transitions: list[Transition] | None = None
-        self.table: list[TableItem] | None = None
+        self.table: list[LevelItem] | None = None
         self.status: Fetched | None = None
         self.published_ms: int | None = None
         self.errors: dict[str, str] = {}

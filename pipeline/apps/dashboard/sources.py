@@ -7,19 +7,16 @@ import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from decimal import Decimal, InvalidOperation
 from typing import NamedTuple
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from pipeline.apps.dashboard.model import (
-    TableItem,
     Transition,
     parse_window_end,
     transitions_of,
 )
+from pipeline.aws import ClientFactory, error_code
 from pipeline.rules.times import iso_utc
 
 LEVELS_LATEST = "level_information.json"
@@ -36,10 +33,6 @@ class Fetched(NamedTuple):
 
 
 NOT_MODIFIED = "not modified"  # get(..., etag) of an object that still has that etag
-
-
-def _error_code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
 
 
 def _json_object(body: bytes) -> dict:
@@ -94,7 +87,7 @@ class S3Store:
         try:
             response = self.client.get_object(Bucket=self.bucket, Key=self._key(name), **extra)
         except ClientError as error:
-            code = _error_code(error)
+            code = error_code(error)
             if code in ("304", "NotModified"):
                 return NOT_MODIFIED
             if code in ("NoSuchKey", "404"):
@@ -117,15 +110,15 @@ class S3Store:
 
 def make_clients(region: str, endpoint_url: str | None):
     """(s3, dynamodb) boto3 clients; short timeouts and few retries: the next poll retries."""
-    config = Config(
-        connect_timeout=2,
-        read_timeout=5,
-        retries={"mode": "standard", "max_attempts": 2},
-        max_pool_connections=24,  # the history readers (16) and the pollers
-    )
-    s3 = boto3.client("s3", region_name=region, endpoint_url=endpoint_url, config=config)
-    dynamodb = boto3.client("dynamodb", region_name=region, endpoint_url=endpoint_url, config=config)
-    return s3, dynamodb
+    quick = {
+        "connect_timeout": 2,
+        "read_timeout": 5,
+        "retries": {"mode": "standard", "max_attempts": 2},
+        "max_pool_connections": 24,  # the history readers (16) and the pollers
+    }
+    return ClientFactory("s3", region, endpoint_url, **quick)(), ClientFactory(
+        "dynamodb", region, endpoint_url, **quick
+    )()
 
 
 def make_store(snapshot_path: str, s3_client) -> DirStore | S3Store:
@@ -135,31 +128,6 @@ def make_store(snapshot_path: str, s3_client) -> DirStore | S3Store:
             raise ValueError(f"no bucket in {snapshot_path}")
         return S3Store(s3_client, bucket, prefix)
     return DirStore(snapshot_path)
-
-
-def _number(attribute) -> int | None:
-    try:
-        return int(Decimal(attribute["N"]))
-    except (KeyError, TypeError, InvalidOperation, ValueError):
-        return None
-
-
-def read_level_table(client, table: str) -> list[TableItem] | None:
-    """Every item of the level-state table; None when the table does not exist (yet)."""
-    try:
-        pages = client.get_paginator("scan").paginate(TableName=table)
-        items = [item for page in pages for item in page.get("Items", [])]
-    except ClientError as error:
-        if _error_code(error) == "ResourceNotFoundException":
-            return None
-        raise
-    result = []
-    for item in items:
-        level = item.get("levelId", {}).get("S")
-        players = _number(item.get("playerCount"))
-        if isinstance(level, str) and players is not None:
-            result.append(TableItem(level, players, _number(item.get("asOf"))))
-    return result
 
 
 class History:
