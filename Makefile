@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install prism test lint format run dashboard backfill bench flink-jar test-flink run-flink clean
+.PHONY: help install prism test test-fast lint format run dashboard backfill bench flink-jar test-flink run-flink clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ test: install ## run the whole test suite (Flink's and the browser's included: i
 	-@$(MAKE) --no-print-directory flink-jar
 	-@bash .ci/install-browser
 	FLINK_JOB_SERVER_JAR=$(FLINK_JAR) PRISM_LOCATION=$(PRISM) $(PY) -m pytest -q -rs
+
+test-fast: $(STAMP) ## the inner loop (under 2 minutes): every test but the slow, Flink and browser ones
+	PRISM_LOCATION=$(PRISM) $(PY) -m pytest -q -m "not slow and not flink and not browser"
 
 lint: $(STAMP) ## ruff: lint and formatting check
 	$(PY) -m ruff check pipeline tests bench

@@ -13,3 +13,10 @@ def moto_endpoint():
     names of their own."""
     with MotoServer() as moto:
         yield moto.endpoint
+
+
+def pytest_collection_modifyitems(items):
+    """A test that talks to the embedded AWS is marked `aws`, whatever its file."""
+    for item in items:
+        if "moto_endpoint" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.aws)

@@ -80,6 +80,7 @@ def test_the_default_location_is_versioned_beside_the_flink_jar(monkeypatch):
     assert default_prism_location() == "/cache/level-analytics/prism-2.77.0/prism"
 
 
+@pytest.mark.slow
 def test_dense_backlog_on_prism(moto_endpoint, tmp_path):
     """A backlog of 40 minutes of 250 players over 2 shards, arrival shuffled within
     20 s, duplicates and bad lines, read 500 records per call by the pipeline as a

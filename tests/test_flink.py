@@ -51,7 +51,11 @@ from pipeline.testing.reference_model import model_transition_totals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JAR = runners.default_job_server_jar()
-pytestmark = pytest.mark.skipif(not os.path.isfile(JAR), reason=runners.missing_jar_message(JAR))
+pytestmark = [
+    pytest.mark.flink,
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.isfile(JAR), reason=runners.missing_jar_message(JAR)),
+]
 
 CHECKPOINT_MS = 1000
 # Flink's own default with checkpointing: the sources never shut down, so checkpoints go

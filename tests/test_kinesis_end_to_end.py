@@ -9,6 +9,7 @@ import sys
 import time
 
 import boto3
+import pytest
 
 from pipeline.apps.producer import put_records
 from pipeline.apps.simulator import SimulationSettings, simulate
@@ -19,6 +20,7 @@ from pipeline.testing.reference_model import model_transition_totals
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_stream_from_kinesis_matches_the_model(moto_endpoint, tmp_path):
     stream = simulate(
         SimulationSettings(seed=5, players=300, duration_secs=300, max_out_of_orderness_secs=10)

@@ -90,6 +90,7 @@ def first_history_object(s3, bucket):
     return listing.get("KeyCount", 0) > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kill_at", ["first snapshot", "first checkpoint"])
 def test_kill_9_then_restart_gives_the_model(moto_endpoint, kill_at):
     name = "killed-" + kill_at.split()[1]

@@ -18,6 +18,7 @@ import sys
 import time
 
 import boto3
+import pytest
 
 from pipeline.rules.observations import Observation
 from pipeline.testing.aws_server import REGION
@@ -66,6 +67,7 @@ def is_alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_short_live_run_publishes_exactly_the_model_of_what_was_sent(moto_endpoint, tmp_path):
     command = run_local_command(
         "--minutes=0.5",
@@ -107,6 +109,7 @@ def wait_for(what, found, deadline_secs=180):
     raise AssertionError(f"no {what} within {deadline_secs} s")
 
 
+@pytest.mark.slow
 def test_a_run_that_never_ends_publishes_while_it_runs_then_ctrl_c_stops_everything(tmp_path):
     process = subprocess.Popen(
         run_local_command(f"--workdir={tmp_path}"),
