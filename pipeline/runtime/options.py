@@ -1,6 +1,6 @@
 """Command-line options of the pipeline, validated before anything runs."""
 
-from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.rules.observations import DEFAULT_EVENT_TIME_FIELD, EVENT_TIME_FIELDS
 from pipeline.rules.tables import LEVEL_TABLE, PROGRESS_TABLE, TRANSITIONS_TABLE
@@ -164,12 +164,11 @@ class LevelAnalyticsOptions(PipelineOptions):
 
 
 def unknown_flags(argv: list) -> list:
-    """The arguments that no option of Beam's or ours knows (Beam only warns on them)."""
-    parser = _BeamArgumentParser(allow_abbrev=False)
-    seen = {}
-    for cls in PipelineOptions.__subclasses__():
-        seen.setdefault(str(cls), cls)
-    for cls in seen.values():
-        cls._add_argparse_args(parser)
-    _, unknown = parser.parse_known_args(argv)
+    """The arguments that no declared option knows (Beam only warns on them), among all
+    the options classes loaded: Beam's, LevelAnalyticsOptions, and those of
+    pipeline.runtime.flink (pipeline.main loads it). Beam's own parser, as it builds it
+    for every PipelineOptions, reaches us through get_all_options' public hook."""
+    parsers = []
+    PipelineOptions(argv).get_all_options(add_extra_args_fn=parsers.append)
+    _, unknown = parsers[0].parse_known_args(argv)
     return unknown
