@@ -1,4 +1,4 @@
-"""The player state machine of SEMANTICS.md, in event time. Plain Python, no Beam.
+"""The player state machine of docs/semantics.md ("A player's level"), in event time. Plain Python, no Beam.
 
 A player is in level L from an observation of L until the next observation of a
 different level, or until `last_seen + timeout`, whichever comes first. Each change

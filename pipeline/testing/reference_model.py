@@ -1,4 +1,4 @@
-"""An independent reference model of SEMANTICS.md, in plain Python, for the tests.
+"""An independent reference model of docs/semantics.md, in plain Python, for the tests.
 
 It shares no code with the pipeline: given the observations a stream means (player,
 level, event time, event id), it computes every player's transitions by walking
