@@ -1,5 +1,7 @@
 """ParseEnrichedEvents: enriched TSV records -> level observations, bad lines -> dead letters."""
 
+import time
+
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.transforms.window import TimestampedValue
@@ -7,11 +9,10 @@ from apache_beam.transforms.window import TimestampedValue
 from pipeline.rules.observations import (
     DEFAULT_EVENT_TIME_FIELD,
     BadLine,
-    DeadLetter,
     EnrichedRecord,
+    dead_letter,
     line_event_time_ms,
     parse_enriched_line,
-    printable,
 )
 from pipeline.runtime import metrics
 from pipeline.runtime.timestamps import ms_to_timestamp
@@ -29,16 +30,19 @@ class _ParseLineFn(beam.DoFn):
 
     def process(self, record: EnrichedRecord, timestamp=beam.DoFn.TimestampParam):
         self._lines.inc()
+        # When the line was received: its Kinesis arrival, else now (a file line is read
+        # now, so it cannot be dated after that).
+        received_ms = record.received_ms if record.received_ms is not None else int(time.time() * 1000)
         try:
-            observations = parse_enriched_line(record.data, self._event_time_field)
+            observations = parse_enriched_line(record.data, self._event_time_field, received_ms)
         except BadLine as bad:
             self._bad_counter(bad.reason).inc()
-            # Dated by the line's own event time when it has a readable one, so the
+            # Dated by the line's own event time when it has a usable one, so the
             # dead letters of a window are the bad lines of that window.
-            time_ms = line_event_time_ms(record.data, self._event_time_field)
+            time_ms = line_event_time_ms(record.data, self._event_time_field, received_ms)
             yield pvalue.TaggedOutput(
                 ParseEnrichedEvents.DEAD_LETTERS,
-                DeadLetter(bad.reason, bad.detail, record.position, printable(record.data), time_ms),
+                dead_letter(bad.reason, bad.detail, record.position, record.data, time_ms),
             )
             return
         if not observations:
