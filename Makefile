@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install prism test test-fast lint format run dashboard backfill bench flink-jar test-flink run-flink clean
+.PHONY: help install prism toxiproxy test test-fast lint format run dashboard backfill bench bench-throughput soak soak-short chaos hostile flink-jar test-flink run-flink clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -30,10 +30,23 @@ $(PRISM):
 	mkdir -p $(dir $(PRISM))
 	cd $(dir $(PRISM)) && GOBIN=$(abspath $(dir $(PRISM))) go install github.com/apache/beam/sdks/v2/go/cmd/prism@v$(BEAM_VERSION)
 
-test: install ## run the whole test suite (Flink's and the browser's included: it builds the Flink jar and installs Chromium first, where it can)
+# Toxiproxy, the chaos proxy the fault tests put between the pipeline and the embedded
+# AWS, built with Go from the Go module proxy (once; cached outside the repository).
+TOXIPROXY_VERSION := 2.5.0
+TOXIPROXY ?= $(or $(TOXIPROXY_SERVER),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/level-analytics/toxiproxy-$(TOXIPROXY_VERSION)/server)
+
+toxiproxy: $(TOXIPROXY) ## build Toxiproxy, the chaos proxy of the fault tests, with Go (once; cached under ~/.cache)
+
+$(TOXIPROXY):
+	@command -v go >/dev/null || { echo "Go is needed to build Toxiproxy; without it the fault tests through a proxy are skipped"; exit 1; }
+	mkdir -p $(dir $(TOXIPROXY))
+	cd $(dir $(TOXIPROXY)) && GOBIN=$(abspath $(dir $(TOXIPROXY))) go install github.com/Shopify/toxiproxy/v2/cmd/server@v$(TOXIPROXY_VERSION)
+
+test: install ## run the whole test suite (Flink's, the browser's and the chaos proxy's included: it builds the Flink jar and Toxiproxy and installs Chromium first, where it can)
 	-@$(MAKE) --no-print-directory flink-jar
+	-@$(MAKE) --no-print-directory toxiproxy
 	-@bash .ci/install-browser
-	FLINK_JOB_SERVER_JAR=$(FLINK_JAR) PRISM_LOCATION=$(PRISM) $(PY) -m pytest -q -rs
+	FLINK_JOB_SERVER_JAR=$(FLINK_JAR) PRISM_LOCATION=$(PRISM) TOXIPROXY_SERVER=$(TOXIPROXY) $(PY) -m pytest -q -rs
 
 test-fast: $(STAMP) ## the inner loop (under 2 minutes): every test but the slow, Flink and browser ones
 	PRISM_LOCATION=$(PRISM) $(PY) -m pytest -q -m "not slow and not flink and not browser"
@@ -46,8 +59,24 @@ format: $(STAMP) ## ruff: fix formatting
 	$(PY) -m ruff format pipeline tests bench
 	$(PY) -m ruff check --fix pipeline tests bench
 
-bench: $(STAMP) ## benchmarks, each figure beside its comparison (~15 min); JSON in bench/results/
-	$(PY) -m bench.run
+bench: install flink-jar ## benchmarks, each figure beside its comparison (~40 min); JSON in bench/results/
+	FLINK_JOB_SERVER_JAR=$(FLINK_JAR) PRISM_LOCATION=$(PRISM) $(PY) -m bench.run
+	PRISM_LOCATION=$(PRISM) $(PY) -m bench.backfill
+
+bench-throughput: install ## only the throughput figures: engines for a backfill, coalesced writes, the ledger at 50k pairs
+	PRISM_LOCATION=$(PRISM) $(PY) -m bench.backfill
+
+soak: install ## 30 minutes at 1,000 events/s on Prism: memory, freshness, outputs checked (PNG + JSON in bench/results/)
+	PRISM_LOCATION=$(PRISM) $(PY) -m bench.soak --minutes 30 --rate 1000
+
+soak-short: install ## the 5-minute soak
+	PRISM_LOCATION=$(PRISM) $(PY) -m bench.soak --minutes 5 --rate 1000
+
+chaos: install toxiproxy ## network faults through Toxiproxy and AWS refusing, 60 s each, with a live feed; outputs checked
+	PRISM_LOCATION=$(PRISM) TOXIPROXY_SERVER=$(TOXIPROXY) $(PY) -m bench.chaos
+
+hostile: $(STAMP) ## hostile events: what each becomes, its cost per line and memory (the README table)
+	$(PY) -m bench.hostile
 
 # make run PLAYERS=500 EVENT_GAP=2 TIMEOUT=120 WINDOW=30 ...
 PLAYERS ?= 200

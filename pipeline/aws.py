@@ -7,10 +7,22 @@ ridden out, a longer one fails loudly (AwsCallFailed), and the runner retries th
 bundle or the run stops; every write is idempotent, so either is safe. Throttling,
 5xx answers and broken connections pass; anything else (a missing table or bucket,
 a refused credential) fails at once.
+
+RETRY_FOR_SECS is 180 s: long enough for the outages a region's endpoint has in
+practice (a load balancer replaced, a throttling burst), short enough that a pipeline
+cut off from AWS says so within minutes instead of hanging. The environment variable
+LEVEL_ANALYTICS_AWS_RETRY_FOR_SECS changes it for every process that imports this
+module (the fault tests shorten it to see the loud failure quickly).
+
+A caller that must not block while one of its resources is away (the Kinesis reader
+polls its other shards meanwhile) keeps a RetrySchedule instead: the same backoff and
+the same bound, per key, with the caller choosing when to try again.
 """
 
 import logging
+import os
 import random
+import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -28,13 +40,46 @@ THROTTLING = frozenset(
     }
 )
 SERVER_ERRORS = frozenset({"InternalServerError", "InternalFailure", "ServiceUnavailable", "InternalError"})
-RETRY_FOR_SECS = 180.0  # the longest outage a call rides out before it fails loudly
+RETRY_FOR_SECS_ENV = "LEVEL_ANALYTICS_AWS_RETRY_FOR_SECS"
+
+
+def _retry_for_secs(default: float = 180.0) -> float:
+    text = os.environ.get(RETRY_FOR_SECS_ENV, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{RETRY_FOR_SECS_ENV}={text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise ValueError(f"{RETRY_FOR_SECS_ENV}={text!r} must be positive")
+    return value
+
+
+RETRY_FOR_SECS = _retry_for_secs()  # the longest outage a call rides out before it fails loudly
 INITIAL_DELAY_SECS = 0.1
 MAX_DELAY_SECS = 10.0
 
 
 class AwsCallFailed(RuntimeError):
     """An AWS call that failed for good: not retryable, or still failing after RETRY_FOR_SECS."""
+
+
+class IncompleteReply(ConnectionError):
+    """A reply cut short that the client took for a whole one. When a connection closes in
+    the middle of a JSON answer's headers or body, botocore hands back an empty answer
+    ({}, or {"message": <the part that came>}) without an error: a GetRecords without
+    Records would read as "the shard has ended". Transient (a ConnectionError): the call
+    is made again."""
+
+
+def require(response: dict, *keys: str, what: str) -> dict:
+    """`response` if it has every one of `keys` (the ones AWS always sends), else
+    IncompleteReply."""
+    missing = [key for key in keys if key not in response]
+    if missing:
+        raise IncompleteReply(f"{what}: the reply has no {', '.join(missing)}: it was cut short")
+    return response
 
 
 def error_code(error) -> str:
@@ -67,43 +112,109 @@ def is_transient(error) -> bool:
     if type(error).__name__ in ("S3ClientError", "BeamIOError"):  # Beam's S3 filesystem
         status = http_status(error)
         return status is None or status >= 500 or status in (408, 429)
+    if isinstance(error, AttributeError) and error.__context__ is not None:
+        # Beam's S3 client (get_http_error_code in apache_beam/io/aws/clients/s3/
+        # boto3_client.py) reads `.response.get` of the botocore error it wraps; a
+        # connection reset's ConnectionClosedError has `response = None`, so the wrapping
+        # itself raises AttributeError while handling it. The error that matters is that one.
+        return is_transient(error.__context__)
     return False
 
 
-def call_with_retries(call, what: str, retry_for_secs: float = RETRY_FOR_SECS, clock=None):
+def call_with_retries(
+    call, what: str, retry_for_secs: float = RETRY_FOR_SECS, clock=None, now=time.monotonic
+):
     """(the result of `call()`, how many retries it took), retrying transient failures
-    with Beam's exponential backoff; AwsCallFailed with `what` once it gives up."""
+    with Beam's exponential backoff; AwsCallFailed with `what` once it gives up.
+
+    The bound is wall time since the first try, the calls' own durations included
+    (Beam's `stop_after_secs` alone sums only the sleeps: calls that hang until their
+    timeout would stretch it many times over). `clock` (Beam's, with `sleep`) and `now`
+    are for tests."""
     from apache_beam.utils import (
         retry,  # here: the live view and the dashboard import this module without Beam
     )
 
     attempts = 0
+    started = now()
 
     def attempt():
         nonlocal attempts
         attempts += 1
         return call()
 
+    def worth_retrying(error) -> bool:
+        return is_transient(error) and now() - started < retry_for_secs
+
     retrying = retry.with_exponential_backoff(
         num_retries=10_000,  # bounded by time instead
         initial_delay_secs=INITIAL_DELAY_SECS,
         max_delay_secs=MAX_DELAY_SECS,
         stop_after_secs=retry_for_secs,
-        retry_filter=is_transient,
+        retry_filter=worth_retrying,
         logger=lambda *args: _LOG.debug(*args),
         **({} if clock is None else {"clock": clock}),
     )(attempt)
     try:
         return retrying(), attempts - 1
     except Exception as error:
-        reason = "not retryable" if not is_transient(error) else f"still failing after {attempts} attempts"
+        reason = (
+            "not retryable"
+            if not is_transient(error)
+            else f"still failing after {now() - started:.0f} s and {attempts} attempts, "
+            f"the bound is {retry_for_secs:g} s"
+        )
         raise AwsCallFailed(f"{what} failed ({reason}): {type(error).__name__}: {error}") from error
 
 
 def backoff_delay_secs(attempt: int, base_secs: float, max_secs: float) -> float:
     """Exponential backoff with full jitter, for a caller that schedules its own next try
     instead of blocking (the Kinesis reader polls its other shards meanwhile)."""
-    return random.uniform(0, min(max_secs, base_secs * 2**attempt))
+    return random.uniform(0, min(max_secs, base_secs * 2 ** min(attempt, 30)))
+
+
+class RetrySchedule:
+    """Backoff and its bound for a caller that schedules its own next try, per key
+    (e.g. one per Kinesis shard): how many tries in a row failed, since when, and how
+    long to wait before the next. A key failing for longer than `retry_for_secs`
+    without one success fails loudly (AwsCallFailed), as call_with_retries does.
+
+    Worker-local and safe to lose: a fresh schedule only starts the clock again."""
+
+    def __init__(
+        self,
+        base_secs: float,
+        max_secs: float,
+        retry_for_secs: float = RETRY_FOR_SECS,
+        clock=time.monotonic,
+    ):
+        self._base_secs = base_secs
+        self._max_secs = max_secs
+        self._retry_for_secs = retry_for_secs
+        self._clock = clock
+        self._failing = {}  # key -> (clock at the first failure in a row, failures in a row)
+
+    def failed(self, key, error, what: str) -> float:
+        """Records a failed try; returns the seconds to wait before the next one.
+        Raises AwsCallFailed once `key` has been failing for longer than the bound."""
+        now = self._clock()
+        since, failures = self._failing.get(key, (now, 0))
+        failures += 1
+        if now - since > self._retry_for_secs:
+            raise AwsCallFailed(
+                f"{what} failed (still failing after {now - since:.0f} s and {failures} attempts, "
+                f"the bound is {self._retry_for_secs:g} s): {type(error).__name__}: {error}"
+            ) from error
+        self._failing[key] = (since, failures)
+        if failures == 1:
+            _LOG.warning("%s failed, retrying with backoff: %s: %s", what, type(error).__name__, error)
+        return backoff_delay_secs(failures, self._base_secs, self._max_secs)
+
+    def succeeded(self, key) -> None:
+        self._failing.pop(key, None)
+
+    def is_failing(self, key) -> bool:
+        return key in self._failing
 
 
 class ClientFactory:

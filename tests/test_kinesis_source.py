@@ -18,7 +18,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 
 from pipeline.rules.observations import LATE, printable
 from pipeline.runtime import metrics
@@ -30,6 +30,7 @@ from pipeline.sources.kinesis import (
     ShardCursor,
     ShardEndClaim,
     StopClaim,
+    UnreachableClaim,
     child_shard_ids,
     has_successor,
     lateness_bound_ms,
@@ -327,22 +328,95 @@ class FakeShard:
         self.visible = visible
 
 
+# What botocore hands back for a JSON reply cut in its headers or body: an empty answer.
+EMPTY_REPLY = {"ResponseMetadata": {"HTTPStatusCode": 200}}
+
+
+class Outage:
+    """AWS away for a shard (or for every call when `shard` is None, ListShards too):
+    from the moment `after_served` records were served, for `secs` of wall time (forever
+    when None), each call raises the next of `errors` in turn (EMPTY_REPLY: answers it).
+    With `lose_replies`, a GetRecords is carried out first (its records logged as served)
+    and its reply lost."""
+
+    def __init__(self, errors, shard=None, after_served=0, secs=None, lose_replies=False):
+        self.errors = errors
+        self.shard = shard
+        self.after_served = after_served
+        self.secs = secs
+        self.lose_replies = lose_replies
+        self.started = None
+        self.failures = 0
+
+    def error_for(self, shard_id, served) -> Exception | None:
+        if self.shard is not None and shard_id != self.shard:
+            return None
+        if self.started is None:
+            if served < self.after_served:
+                return None
+            self.started = time.monotonic()
+        if self.secs is not None and time.monotonic() - self.started > self.secs:
+            return None
+        error = self.errors[self.failures % len(self.errors)]
+        self.failures += 1
+        return error
+
+
+def unreachable():
+    return EndpointConnectionError(endpoint_url="http://127.0.0.1:1")
+
+
+def connection_reset():
+    return ConnectionClosedError(endpoint_url="http://127.0.0.1:1")
+
+
+OUTAGE_ERRORS = [
+    unreachable(),
+    connection_reset(),
+    ReadTimeoutError(endpoint_url="http://127.0.0.1:1"),
+    ClientError(
+        {"Error": {"Code": "InternalFailure"}, "ResponseMetadata": {"HTTPStatusCode": 500}}, "GetRecords"
+    ),
+    ClientError(
+        {"Error": {"Code": "ServiceUnavailable"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "GetRecords"
+    ),
+]
+
+
 class FakeKinesis:
     """Enough of the Kinesis API for the source, with failures on demand."""
 
-    def __init__(self, shards, throttle_calls=(), expire=(), split_when_drained=None):
+    def __init__(self, shards, throttle_calls=(), expire=(), split_when_drained=None, outage=None):
         self.shards = {shard.shard_id: shard for shard in shards}
         self.throttle_calls = set(throttle_calls)  # get_records call numbers that throttle
         self.expire = set(expire)  # (shard_id, index) whose iterator expires once
         self.split_when_drained = split_when_drained  # (parent, children): split at its end
+        self.outage = outage
         self.lock = threading.Lock()
         self.calls = 0
         self.throttled = 0
         self.listings = 0
         self.log = []  # ("iterator", shard, type, seq) | ("served", shard, seq) | ("end", shard)
 
+    def served(self, shard_id=None) -> int:
+        return sum(1 for entry in self.log if entry[0] == "served" and shard_id in (None, entry[1]))
+
+    def _outage(self, shard_id):
+        """Raises the outage's error for a call on this shard (None: ListShards), if any;
+        returns EMPTY_REPLY when that is what the call answers."""
+        if self.outage is not None and not self.outage.lose_replies:
+            error = self.outage.error_for(shard_id, self.served(self.outage.shard))
+            if error is EMPTY_REPLY:
+                return dict(EMPTY_REPLY)
+            if error is not None:
+                raise error
+        return None
+
     def list_shards(self, StreamName=None, NextToken=None, **_):
         with self.lock:
+            cut = self._outage(None)
+            if cut is not None:
+                return cut
             self.listings += 1
             shards = []
             for shard in self.shards.values():
@@ -360,6 +434,9 @@ class FakeKinesis:
 
     def get_shard_iterator(self, StreamName, ShardId, ShardIteratorType, StartingSequenceNumber=None, **_):
         with self.lock:
+            cut = self._outage(ShardId)
+            if cut is not None:
+                return cut
             records = self.shards[ShardId].records
             if ShardIteratorType == "TRIM_HORIZON":
                 index = 0
@@ -379,6 +456,9 @@ class FakeKinesis:
                 raise client_error("ProvisionedThroughputExceededException", "GetRecords")
             shard_id, index, _ = ShardIterator.split("|")
             index = int(index)
+            cut = self._outage(shard_id)
+            if cut is not None:
+                return cut
             if (shard_id, index) in self.expire:
                 self.expire.discard((shard_id, index))
                 raise client_error("ExpiredIteratorException", "GetRecords")
@@ -395,6 +475,10 @@ class FakeKinesis:
                 shard.closed = True  # the split happens while the source runs
                 for child in self.split_when_drained[1]:
                     self.shards[child].visible = True
+            if self.outage is not None and self.outage.lose_replies:
+                error = self.outage.error_for(shard_id, self.served(self.outage.shard) - len(batch))
+                if error is not None:
+                    raise error  # the reply is lost: the client saw none of these records
             next_iterator = f"{shard_id}|{end}|{uuid.uuid4().hex}"
             if shard.closed and end == len(shard.records) and not batch:
                 next_iterator = None  # a closed shard read to its end
@@ -456,6 +540,91 @@ def test_throttled_get_records_are_retried_without_loss_or_duplicates(tmp_path):
     assert_exactly_once(run, fake)
     assert fake.throttled == 3
     assert run.counters["kinesis_throttled_calls"] == 3
+
+
+def two_shards(count=60):
+    return [
+        FakeShard("shardId-000000000000", fake_records(count, now_minute_ms())),
+        FakeShard("shardId-000000000001", fake_records(count, now_minute_ms(), first_sequence=BIG + 10**6)),
+    ]
+
+
+def test_an_outage_of_one_shard_is_ridden_out_without_loss_or_duplicates(tmp_path):
+    """Shard 0 unreachable (refused, reset, timed out, 500, 503) for 1 s after 20 of its
+    records, GetShardIterator included: it picks up right after its last claimed record;
+    shard 1 reads on meanwhile."""
+    outage = Outage(OUTAGE_ERRORS, shard="shardId-000000000000", after_served=20, secs=1.0)
+    fake = FakeKinesis(two_shards(), outage=outage, expire={("shardId-000000000000", 30)})
+    run = run_fake(tmp_path, "fake-outage", fake, max_records=10, max_backoff_secs=0.3)
+    print(f"\nfake outage of one shard: {outage.failures} failed calls, {run.seconds:.2f} s wall time")
+    assert_exactly_once(run, fake)
+    assert outage.failures >= 3
+    assert run.counters["kinesis_retries"] == outage.failures
+    served = [e[2] for e in fake.log if e[0] == "served" and e[1] == "shardId-000000000000"]
+    assert len(served) == len(set(served)), "a record was fetched again after it was claimed"
+
+
+def test_a_reply_lost_after_the_service_served_it_is_read_again_exactly_once(tmp_path):
+    """GetRecords carried out, its reply cut (the connection closed mid-response): the
+    same records come again with the next call and are emitted once."""
+    outage = Outage([connection_reset()], after_served=10, secs=0.8, lose_replies=True)
+    fake = FakeKinesis(two_shards(40), outage=outage)
+    run = run_fake(tmp_path, "fake-lost-reply", fake, max_records=10, max_backoff_secs=0.5)
+    assert_exactly_once(run, fake)
+    assert outage.failures >= 1
+    assert run.counters["kinesis_retries"] == outage.failures
+    served = [e[2] for e in fake.log if e[0] == "served"]
+    assert len(served) > len(set(served)), "no record was served twice: no reply was lost"
+
+
+def test_a_reply_cut_short_and_read_as_empty_is_not_taken_for_the_end_of_the_shard(tmp_path):
+    """botocore reads a JSON reply cut in its headers as {}: no Records, no
+    NextShardIterator, no ShardIterator, no Shards. Taken at face value, a shard would
+    look ended (never read again) and a listing empty (nothing read at all)."""
+    outage = Outage([EMPTY_REPLY], after_served=15, secs=1.0)
+    fake = FakeKinesis(two_shards(40), outage=outage, expire={("shardId-000000000001", 20)})
+    run = run_fake(tmp_path, "fake-empty-replies", fake, max_records=10, max_backoff_secs=0.3)
+    assert_exactly_once(run, fake)
+    assert outage.failures >= 2
+    assert run.counters["kinesis_retries"] == outage.failures
+
+
+def test_listing_the_shards_at_start_waits_out_an_outage(tmp_path):
+    outage = Outage([unreachable(), EMPTY_REPLY, connection_reset()], secs=1.0)
+    fake = FakeKinesis(two_shards(20), outage=outage)
+    run = run_fake(tmp_path, "fake-listing-outage", fake, max_records=10, max_backoff_secs=0.5)
+    assert_exactly_once(run, fake)
+    assert outage.failures >= 1
+
+
+def test_throttling_and_expired_iterators_in_bursts_lose_and_double_nothing(tmp_path):
+    """ProvisionedThroughputExceeded on 8 calls in a row, then on 4 more, and an expired
+    iterator on every 10th record of both shards."""
+    shards = two_shards(30)
+    expire = {(shard.shard_id, index) for shard in shards for index in range(10, 30, 10)}
+    fake = FakeKinesis(shards, throttle_calls=set(range(3, 11)) | set(range(16, 20)), expire=expire)
+    run = run_fake(tmp_path, "fake-bursts", fake, max_records=5, max_backoff_secs=0.2)
+    print(f"\nfake bursts: {run.seconds:.2f} s wall time")
+    assert_exactly_once(run, fake)
+    assert fake.throttled == run.counters["kinesis_throttled_calls"] == 12
+    assert run.counters["kinesis_expired_iterators"] == len(expire)
+
+
+def test_an_outage_longer_than_the_bound_fails_loudly(tmp_path):
+    outage = Outage([unreachable()], shard="shardId-000000000000", after_served=10)  # never ends
+    fake = FakeKinesis(two_shards(40), outage=outage)
+    with pytest.raises(Exception, match="still failing after") as failed:
+        run_fake(tmp_path, "fake-long-outage", fake, max_records=10, retry_for_secs=1.0, max_backoff_secs=0.3)
+    assert "shardId-000000000000" in str(failed.value)
+
+
+def test_an_error_that_cannot_pass_fails_at_once(tmp_path):
+    denied = client_error("AccessDeniedException", "GetRecords")
+    outage = Outage([denied], shard="shardId-000000000000", after_served=10)
+    fake = FakeKinesis(two_shards(40), outage=outage)
+    with pytest.raises(Exception, match="AccessDeniedException"):
+        run_fake(tmp_path, "fake-denied", fake, max_records=10)
+    assert outage.failures == 1
 
 
 def test_expired_iterator_resumes_right_after_the_last_claimed_record(tmp_path):
@@ -599,6 +768,21 @@ def test_tracker_hands_a_closed_shard_to_its_children_and_stops():
     assert tracker.try_claim(StopClaim())
     tracker.check_done()
     assert tracker.try_split(0) is None
+
+
+def test_an_unreachable_shard_is_not_quiet_so_the_watermark_stays_where_it_is():
+    """A caught-up, silent shard follows the wall clock; once a call on it fails it holds
+    the watermark at its latest event time again (records written during the outage are
+    not made late) and stops counting towards the stop rule."""
+    shard = "shardId-000000000000"
+    quiet = ShardCursor(shard, "AFTER_SEQUENCE_NUMBER:7", max_event_ms=50_000, quiet_since_ms=100_000)
+    tracker = KinesisShardsTracker(KinesisRestriction((quiet,)))
+    now_ms = 200_000
+    assert restriction_watermark_ms(tracker.current_restriction(), now_ms, 10_000, 30_000) == 190_000
+    assert tracker.try_claim(UnreachableClaim(shard))
+    held = tracker.current_restriction()
+    assert held.cursors == (quiet._replace(quiet_since_ms=None),)  # the position did not move
+    assert restriction_watermark_ms(held, now_ms + 60_000, 10_000, 30_000) == 40_000
 
 
 def test_root_shards_leave_children_to_their_parent():

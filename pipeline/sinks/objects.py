@@ -2,13 +2,19 @@
 same code writes locally, to S3, or to any filesystem Beam knows).
 
 Reads and writes wait out throttling (S3's 503 SlowDown) and a missing AWS with backoff
-(pipeline.aws), then fail loudly. A rewrite is harmless: every object the pipeline
-writes is a function of what it describes (same name, same bytes).
+(pipeline.aws), then fail loudly; a read checks it got the whole object (a reply cut
+short can read as a shorter one). A rewrite is harmless: every object the pipeline
+writes is a function of what it describes (same name, same bytes), and a write whose
+reply was lost is simply made again. Retries count in the `object_retries` metric
+(within a DoFn; the run's status thread writes outside of one and is not counted).
 """
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.aws import RETRY_FOR_SECS, call_with_retries
+from pipeline.aws import RETRY_FOR_SECS, IncompleteReply, call_with_retries
+from pipeline.runtime import metrics
+
+_RETRIES = metrics.counter("object_retries")
 
 
 def join_path(base: str, name: str) -> str:
@@ -22,7 +28,9 @@ def write_object(path: str, body: bytes, retry_for_secs: float = RETRY_FOR_SECS)
         with FileSystems.create(path, mime_type="application/json") as handle:
             handle.write(body)
 
-    return call_with_retries(write, f"writing {path}", retry_for_secs)[1]
+    retries = call_with_retries(write, f"writing {path}", retry_for_secs)[1]
+    _RETRIES.inc(retries)
+    return retries
 
 
 def read_object(path: str, retry_for_secs: float = RETRY_FOR_SECS) -> bytes | None:
@@ -31,7 +39,13 @@ def read_object(path: str, retry_for_secs: float = RETRY_FOR_SECS) -> bytes | No
     def read():
         if not FileSystems.exists(path):
             return None
+        size = FileSystems.get_filesystem(path).metadata(path).size_in_bytes
         with FileSystems.open(path, compression_type="uncompressed") as handle:
-            return handle.read()
+            body = handle.read()
+        if len(body) != size:  # a reply cut in its headers reads as a shorter object
+            raise IncompleteReply(f"reading {path}: {len(body)} of its {size} bytes came")
+        return body
 
-    return call_with_retries(read, f"reading {path}", retry_for_secs)[0]
+    body, retries = call_with_retries(read, f"reading {path}", retry_for_secs)
+    _RETRIES.inc(retries)
+    return body

@@ -48,9 +48,29 @@ watermark this restriction already reported, or more than the out-of-orderness b
 a record read before it in its shard (the same rule whatever the GetRecords batch
 boundaries were). A late record goes to LATE as a DeadLetter, so nothing downstream is
 ever late: lateness is judged where the watermark is made. A record without
-a usable event time (not UTF-8, wrong field count, bad timestamp) is timestamped at its
-ApproximateArrivalTimestamp (raised to the watermark if behind it); the parser
-dead-letters it with the true reason.
+a usable event time (not UTF-8, wrong field count, too large, a timestamp that cannot be
+read or cannot be true: see `pipeline.rules.observations.usable_event_time_ms`) is
+timestamped at its ApproximateArrivalTimestamp (raised to the watermark if behind it);
+the parser dead-letters it with the true reason. The rule is the parser's own, given the
+same arrival time, so the two never disagree: one record dated year 9999 cannot move its
+shard's watermark (and make every later record late), and one dated 1970 cannot open
+fifty years of windows.
+
+AWS away or refusing
+--------------------
+A failed call on a shard (GetShardIterator, GetRecords, or ListShards when it ends) that
+may pass (throttling, a 5xx answer, no answer, or an answer cut short that botocore took
+for an empty one: `pipeline.aws.is_transient`, `IncompleteReply`) is retried on
+that shard alone, with exponential backoff and jitter, while the other shards go on.
+Nothing moves meanwhile: the cursor stays at the last claimed record (so the retry reads
+exactly what was not claimed: never a gap, never a record twice) and the shard stops
+counting as quiet (an outage is not silence: the idle rule would otherwise move the
+watermark with the wall clock past records written during the outage, and the stop rule
+would end the stream). So the watermark stays where it is. A shard that has not had one
+successful call for `pipeline.aws.RETRY_FOR_SECS` fails the bundle loudly
+(AwsCallFailed); a restart with the same flags resumes from the committed checkpoint.
+Throttling counts in `kinesis_throttled_calls`, other transient failures in
+`kinesis_retries`. Any other error (access denied, a missing stream) fails at once.
 
 Stopping
 --------
@@ -75,14 +95,21 @@ from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
 from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 
-from pipeline.aws import ClientFactory, backoff_delay_secs, error_code
+from pipeline.aws import (
+    RETRY_FOR_SECS,
+    ClientFactory,
+    RetrySchedule,
+    call_with_retries,
+    error_code,
+    is_transient,
+    require,
+)
 from pipeline.rules.observations import (
     DEFAULT_EVENT_TIME_FIELD,
     LATE,
-    DeadLetter,
     EnrichedRecord,
+    dead_letter,
     line_event_time_ms,
-    printable,
 )
 from pipeline.rules.times import epoch_ms
 from pipeline.runtime import metrics
@@ -221,6 +248,13 @@ class ShardEndClaim(NamedTuple):
     children: tuple  # ShardCursor of each adopted child
 
 
+class UnreachableClaim(NamedTuple):
+    """A call on the shard failed: nothing is known of it until one succeeds, so it stops
+    counting as quiet (an outage is not silence)."""
+
+    shard_id: str
+
+
 class StopClaim(NamedTuple):
     """The reader stops (stop_when_idle_secs, or no shard left): the rest is done."""
 
@@ -286,6 +320,8 @@ class KinesisShardsTracker(RestrictionTracker):
             cursors[index] = cursor._replace(
                 quiet_since_ms=claim.now_ms if cursor.quiet_since_ms is None else cursor.quiet_since_ms
             )
+        elif isinstance(claim, UnreachableClaim):
+            cursors[index] = cursor._replace(quiet_since_ms=None)
         elif isinstance(claim, ShardEndClaim):
             known = {c.shard_id for c in cursors}
             cursors[index : index + 1] = [c for c in claim.children if c.shard_id not in known]
@@ -355,8 +391,8 @@ def all_idle(restriction, now_ms, idle_ms) -> bool:
 def list_shards(client, stream_name: str) -> list:
     shards, request = [], {"StreamName": stream_name}
     while True:
-        response = client.list_shards(**request)
-        shards.extend(response.get("Shards", []))
+        response = require(client.list_shards(**request), "Shards", what="ListShards")
+        shards.extend(response["Shards"])
         token = response.get("NextToken")
         if not token:
             return shards
@@ -398,7 +434,12 @@ class _ListRootShardsFn(beam.DoFn):
 
     def process(self, _):
         start = start_position(self._initial, _now_ms())  # pinned before listing
-        for shard_id in root_shard_ids(list_shards(self._client, self._stream_name)):
+        # Nothing else to do before the listing: waiting out an outage here is right.
+        shards, _ = call_with_retries(
+            lambda: list_shards(self._client, self._stream_name),
+            f"ListShards of stream {self._stream_name!r}",
+        )
+        for shard_id in root_shard_ids(shards):
             yield RootShard(shard_id, start)
 
 
@@ -412,6 +453,7 @@ class _ReadShardsFn(beam.DoFn):
         self._records = metrics.counter("kinesis_records_read")
         self._calls = metrics.counter("kinesis_get_records_calls")
         self._throttled = metrics.counter("kinesis_throttled_calls")
+        self._retries = metrics.counter("kinesis_retries")
         self._expired = metrics.counter("kinesis_expired_iterators")
         self._late = metrics.counter("kinesis_late_records")
         self._per_shard = {}
@@ -423,7 +465,9 @@ class _ReadShardsFn(beam.DoFn):
         # cursor position it continues from.
         self._iterators = {}  # shard_id -> (position, iterator)
         self._next_call = {}  # shard_id -> monotonic time of the next allowed call
-        self._backoffs = {}  # shard_id -> consecutive throttles
+        self._failures = RetrySchedule(
+            self._s["poll_interval_secs"], self._s["max_backoff_secs"], self._s["retry_for_secs"]
+        )  # per shard: failed calls in a row, since when
         self._ended = {}  # shard_id -> monotonic time to look for its children again
 
     @beam.DoFn.unbounded_per_element()
@@ -467,26 +511,27 @@ class _ReadShardsFn(beam.DoFn):
             return self._adopt_children(root, shard_id, tracker)
         for _attempt in range(2):  # a second time only after an expired iterator
             self._pace(shard_id)
+            call = "GetShardIterator"
             try:
                 iterator = self._iterator(cursor)
                 if iterator is None:
                     return self._adopt_children(root, shard_id, tracker)
+                call = "GetRecords"
                 response = self._client.get_records(ShardIterator=iterator, Limit=self._s["max_records"])
+                require(response, "Records", what=f"GetRecords on shard {shard_id}")
                 self._calls.inc()
             except Exception as error:  # botocore ClientError, matched by code
                 code = error_code(error)
-                if code in THROTTLED:
-                    self._throttled.inc()
-                    self._back_off(shard_id)
-                    return True
                 if code == EXPIRED_ITERATOR:
                     self._expired.inc()
                     self._iterators.pop(shard_id, None)
                     continue
                 if code == NOT_FOUND:  # the shard was trimmed away: it has ended
                     return self._adopt_children(root, shard_id, tracker)
-                raise
-            self._backoffs.pop(shard_id, None)
+                if not is_transient(error):
+                    raise
+                return self._failed(shard_id, error, call, cursor, tracker)
+            self._failures.succeeded(shard_id)
             break
         else:
             return True  # expired twice in a row: try again next round
@@ -499,14 +544,14 @@ class _ReadShardsFn(beam.DoFn):
             if last is not None and int(sequence) <= last:
                 continue  # already claimed: never emit twice
             data = record["Data"]
-            event_ms = line_event_time_ms(data, self._s["event_time_field"])
+            arrival_ms = epoch_ms(record["ApproximateArrivalTimestamp"])
+            event_ms = line_event_time_ms(data, self._s["event_time_field"], arrival_ms)
             if not tracker.try_claim(RecordClaim(shard_id, sequence, event_ms)):
                 return False
             position, last = after(sequence), int(sequence)
             bound_ms = lateness_bound_ms(reported_ms, shard_max_ms, self._s["out_of_orderness_ms"])
             if event_ms is not None:
                 shard_max_ms = event_ms if shard_max_ms is None else max(shard_max_ms, event_ms)
-            arrival_ms = epoch_ms(record["ApproximateArrivalTimestamp"])
             self._count(shard_id, arrival_ms)
             yield self._output(f"{shard_id}:{sequence}", data, event_ms, arrival_ms, bound_ms)
         self._gauge(shard_id, "behind_ms").set(int(response.get("MillisBehindLatest", 0)))
@@ -527,25 +572,30 @@ class _ReadShardsFn(beam.DoFn):
                 f"event time {event_ms} ms is behind {bound_ms} ms, the source's watermark or the "
                 "out-of-orderness bound behind an earlier record of its shard"
             )
-            letter = DeadLetter(LATE, detail, position, printable(data), event_ms)
+            letter = dead_letter(LATE, detail, position, data, event_ms)
             # Dated at the instant it missed, so its dead-letter window is still open.
             return pvalue.TaggedOutput(
                 ReadKinesisRecords.LATE, TimestampedValue(letter, ms_to_timestamp(bound_ms))
             )
-        return TimestampedValue(EnrichedRecord(position, data), ms_to_timestamp(time_ms))
+        return TimestampedValue(EnrichedRecord(position, data, arrival_ms), ms_to_timestamp(time_ms))
 
     def _adopt_children(self, root, shard_id, tracker):
         """Hands a closed shard over to its children; False if the claim was refused."""
         now = time.monotonic()
         if now < self._ended.get(shard_id, 0):
+            if self._failures.is_failing(shard_id):
+                return True  # still waiting to list again: not quiet, nothing to claim
             return tracker.try_claim(CaughtUpClaim(shard_id, _now_ms()))
         try:
             shards = list_shards(self._client, self._stream_name)
         except Exception as error:
-            if error_code(error) not in THROTTLED:
+            if not is_transient(error):
                 raise
-            self._throttled.inc()
-            shards = []
+            cursor = next(c for c in tracker.current_restriction().cursors if c.shard_id == shard_id)
+            refused = not self._failed(shard_id, error, "ListShards", cursor, tracker)
+            self._ended[shard_id] = self._next_call[shard_id]
+            return not refused
+        self._failures.succeeded(shard_id)
         children = child_shard_ids(shards, shard_id)
         if not has_successor(shards, shard_id):
             # Not listed yet (or the stream is going away): look again later; the shard
@@ -563,7 +613,10 @@ class _ReadShardsFn(beam.DoFn):
         if cached is not None and cached[0] == cursor.position:
             return cached[1]
         request = shard_iterator_request(self._stream_name, cursor.shard_id, cursor.position)
-        return self._client.get_shard_iterator(**request).get("ShardIterator")
+        response = self._client.get_shard_iterator(**request)
+        return require(response, "ShardIterator", what=f"GetShardIterator on shard {cursor.shard_id}")[
+            "ShardIterator"
+        ]
 
     def _pace(self, shard_id):
         wait = self._next_call.get(shard_id, 0) - time.monotonic()
@@ -571,12 +624,19 @@ class _ReadShardsFn(beam.DoFn):
             time.sleep(wait)
         self._next_call[shard_id] = time.monotonic() + self._s["poll_interval_secs"]
 
-    def _back_off(self, shard_id):
-        """Exponential backoff with full jitter, on top of the normal poll interval."""
-        attempts = self._backoffs.get(shard_id, 0) + 1
-        self._backoffs[shard_id] = attempts
-        delay = backoff_delay_secs(attempts, self._s["poll_interval_secs"], MAX_BACKOFF_SECS)
+    def _failed(self, shard_id, error, call, cursor, tracker) -> bool:
+        """A call on the shard failed and may pass: count it, back off (exponential, with
+        full jitter, on top of the poll interval; AwsCallFailed once the shard has failed
+        for longer than the bound), and stop counting the shard as quiet. The cursor does
+        not move. False if the claim was refused (the runner checkpointed under us)."""
+        (self._throttled if error_code(error) in THROTTLED else self._retries).inc()
+        delay = self._failures.failed(
+            shard_id, error, f"Kinesis {call} on shard {shard_id} of stream {self._stream_name!r}"
+        )
         self._next_call[shard_id] = time.monotonic() + self._s["poll_interval_secs"] + delay
+        if cursor.quiet_since_ms is None:
+            return True
+        return tracker.try_claim(UnreachableClaim(shard_id))
 
     def _count(self, shard_id, arrival_ms):
         self._records.inc()
@@ -614,6 +674,8 @@ class ReadKinesisRecords(beam.PTransform):
         event_time_field=DEFAULT_EVENT_TIME_FIELD,
         poll_interval_secs=0.2,
         client_factory=None,
+        retry_for_secs=RETRY_FOR_SECS,
+        max_backoff_secs=MAX_BACKOFF_SECS,
     ):
         super().__init__()
         self._stream_name = stream_name
@@ -627,6 +689,8 @@ class ReadKinesisRecords(beam.PTransform):
             "stop_when_idle_ms": None if stop_when_idle_secs is None else int(stop_when_idle_secs * 1000),
             "event_time_field": event_time_field,
             "poll_interval_secs": max(MIN_POLL_INTERVAL_SECS, float(poll_interval_secs)),
+            "retry_for_secs": float(retry_for_secs),
+            "max_backoff_secs": float(max_backoff_secs),
         }
 
     def expand(self, pbegin):
