@@ -220,7 +220,9 @@ def test_two_devices_of_one_player_with_skewed_clocks():
     assert parse_enriched_line(hour_ahead, "dvce_created_tstamp", received_ms=T + 200)[0].event_time_ms == (
         T + 3_600_000
     )
-    ahead = enriched_line("e-1", T, [level_context("p", "a")], dvce_created_ms=T + 200 + MAX_CLOCK_AHEAD_MS + 1)
+    ahead = enriched_line(
+        "e-1", T, [level_context("p", "a")], dvce_created_ms=T + 200 + MAX_CLOCK_AHEAD_MS + 1
+    )
     behind = enriched_line("e-2", T + 1000, [level_context("p", "b")], dvce_created_ms=T + 1000 - 3_600_000)
     assert [o.event_time_ms for o in parse_enriched_line(ahead, received_ms=T + 200)] == [T]
     assert [o.event_time_ms for o in parse_enriched_line(behind, received_ms=T + 1200)] == [T + 1000]
