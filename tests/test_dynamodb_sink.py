@@ -1,5 +1,6 @@
 """WriteCounterUpdates against moto's real DynamoDB HTTP server on loopback."""
 
+import random
 import threading
 import uuid
 
@@ -7,15 +8,25 @@ import apache_beam as beam
 import boto3
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing.util import assert_that, equal_to
 from botocore.exceptions import ClientError, ConnectionClosedError
 
-from pipeline.rules.ledger import Checkpoint, CounterUpdate
+from pipeline.rules.ledger import Checkpoint, CounterUpdate, coalesce_updates, values_in
+from pipeline.rules.tables import PIPELINE_NAME
+from pipeline.runtime.timestamps import timestamp_to_ms
 from pipeline.sinks.commit import CommitCheckpoints, commit_ms, due_and_later
-from pipeline.sinks.dynamodb import WriteCounterUpdates, create_tables, read_checkpoint
+from pipeline.sinks.dynamodb import (
+    SPLIT_NOTE,
+    CheckpointUnreadable,
+    WriteCounterUpdates,
+    create_tables,
+    read_checkpoint,
+    write_checkpoint,
+)
 from pipeline.testing.aws_server import REGION
 
-CHECKPOINT_1 = Checkpoint(60_000, (("a", 2),), (("/a", 2),))
-CHECKPOINT_2 = Checkpoint(120_000, (("a", 3),), (("/a", 4), ("a/b", 1), ("b/", 1)))
+CHECKPOINT_1 = Checkpoint(60_000, {"a": 2}, {"/a": 2})
+CHECKPOINT_2 = Checkpoint(120_000, {"a": 3}, {"/a": 4, "a/b": 1, "b/": 1})
 UPDATES = [
     CounterUpdate(5_000, (("a", 2),), (("/a", 2),)),
     CounterUpdate(65_000, (("a", 1), ("b", 1)), (("a/b", 1),)),
@@ -254,3 +265,268 @@ def test_permanent_throttling_fails_loudly(tables):
         run([failing], sink)
     levels, _, _ = tables.state()
     assert "doomed" not in levels
+
+
+# --- Catching up: each key once per wake, stamped at its own instant ----------------------
+
+BACKLOG = [  # one wake closing four instants: what the ledger emits before coalescing
+    CounterUpdate(5_000, (("a", 1),), (("/a", 1),)),
+    CounterUpdate(10_000, (("a", 2),), (("/a", 2),)),
+    CounterUpdate(65_000, (("a", 1), ("b", 1)), (("a/b", 1),)),
+    CounterUpdate(70_000, (("b", 2),), (("/b", 1),)),
+]
+
+
+def values(tables):
+    levels, transitions, _ = tables.state()
+    return {k: (int(v["playerCount"]["N"]), int(v["asOf"]["N"])) for k, v in levels.items()} | {
+        k: (int(v["count"]["N"]), int(v["asOf"]["N"])) for k, v in transitions.items()
+    }
+
+
+def test_a_coalesced_backlog_writes_each_key_once_with_its_latest_value(moto_endpoint):
+    every, coalesced = Tables(moto_endpoint), Tables(moto_endpoint)
+    run(BACKLOG, every.sink())
+    metrics = run(coalesce_updates(BACKLOG), coalesced.sink())
+    # The same final tables, each key's asOf the instant of its last change.
+    assert (
+        values(coalesced)
+        == values(every)
+        == {
+            "a": (1, 65_000),
+            "b": (2, 70_000),
+            "/a": (2, 10_000),
+            "a/b": (1, 65_000),
+            "/b": (1, 70_000),
+        }
+    )
+    assert metrics["dynamodb_writes"] == 5 < values_in(BACKLOG) == 9
+    # The values it skipped are older: written late (a replay), every one is refused.
+    replay = run(BACKLOG, coalesced.sink())
+    assert replay["dynamodb_rejected_repeats"] == 9 and replay.get("dynamodb_writes", 0) == 0
+    assert values(coalesced) == values(every)
+
+
+def test_what_the_writer_emits_is_stamped_at_the_instant_it_wrote():
+    """The commit barrier's premise (pipeline.sinks.commit): the checkpoint of C waits for
+    the writer's output up to C, so each written CounterUpdate must come out stamped at
+    its own instant, never later."""
+
+    class FakeTable:
+        def update_item(self, **request):
+            return {}
+
+    pipeline = beam.Pipeline(runner="FnApiRunner")
+    stamped = (
+        pipeline
+        | beam.Create(coalesce_updates(BACKLOG))
+        | beam.Map(lambda u: beam.window.TimestampedValue(u, u.as_of_ms / 1000))
+        | WriteCounterUpdates(REGION, client_factory=FakeTable)
+        | beam.Map(lambda u, ts=beam.DoFn.TimestampParam: (u.as_of_ms, timestamp_to_ms(ts)))
+    )
+    assert_that(stamped, equal_to([(10_000, 10_000), (65_000, 65_000), (70_000, 70_000)]))
+    pipeline.run().wait_until_finish()
+
+
+# --- The checkpoint of a big ledger: a head item and its parts ----------------------------
+
+
+def big_checkpoint(as_of_ms, levels=1000, pairs=50_000, seed=1):
+    rng = random.Random(seed)
+    names = [f"campaign-level-{i:04d}" for i in range(levels)]
+    totals = {}
+    while len(totals) < pairs:
+        a, b = rng.sample(names + [""], 2)
+        totals[f"{a}/{b}"] = rng.randrange(1, 10**6)
+    return Checkpoint(as_of_ms, {name: rng.randrange(1, 500) for name in names}, totals)
+
+
+def part_items(tables):
+    _, _, progress = tables.state()
+    return {key for key in progress if key != PIPELINE_NAME}
+
+
+def test_a_ledger_of_fifty_thousand_pairs_round_trips_through_parts(tables):
+    big = big_checkpoint(120_000)
+    outcomes = write_checkpoint(tables.client, tables.progress, PIPELINE_NAME, big)
+    assert tables.checkpoint() == big
+    head = tables.state()[2][PIPELINE_NAME]
+    assert head["asOf"] == {"N": "120000"} and head["transitionTotals"] == {"S": SPLIT_NOTE}
+    assert "levels" not in head and int(head["parts"]["N"]) == len(part_items(tables)) >= 2
+    assert len(outcomes) == len(part_items(tables)) + 1 and not any(o.repeat for o in outcomes)
+
+
+SPLIT = {"inline_bytes": 0, "part_bytes": 5000}  # parts for any ledger, small ones
+
+
+def test_parts_no_head_names_are_deleted(tables):
+    def write(checkpoint, **split):
+        return write_checkpoint(tables.client, tables.progress, PIPELINE_NAME, checkpoint, **split)
+
+    write(big_checkpoint(120_000, levels=50, pairs=2000), **SPLIT)
+    # A newer checkpoint replaces it and its parts go; an older one changes nothing and leaves nothing.
+    newer = big_checkpoint(180_000, levels=50, pairs=2000, seed=2)
+    write(newer, **SPLIT)
+    assert tables.checkpoint() == newer and len(part_items(tables)) >= 2
+    kept = part_items(tables)
+    refused = write(big_checkpoint(120_000, levels=50, pairs=2000), **SPLIT)
+    assert refused[-1].repeat and tables.checkpoint() == newer and part_items(tables) == kept
+    # The same checkpoint again: its parts stay, they are the head's.
+    again = write(newer, **SPLIT)
+    assert again[-1].repeat and tables.checkpoint() == newer and part_items(tables) == kept
+    # Small again: back in the head item alone, as before.
+    write(Checkpoint(240_000, {}, {"/a": 1}))
+    assert tables.checkpoint() == Checkpoint(240_000, {}, {"/a": 1}) and part_items(tables) == set()
+
+
+def test_the_commit_stores_a_big_checkpoint(tables):
+    big = big_checkpoint(60_000, levels=300, pairs=20_000, seed=3)
+    metrics = run([big], tables.commit())
+    assert tables.checkpoint() == big and metrics["dynamodb_checkpoints"] == 1
+    assert metrics["dynamodb_writes"] == 1 + len(part_items(tables))
+
+
+def test_a_checkpoint_of_the_single_item_format_is_read(tables):
+    tables.client.put_item(
+        TableName=tables.progress,
+        Item={
+            "pipeline": {"S": PIPELINE_NAME},
+            "asOf": {"N": "60000"},
+            "levels": {"S": '{"a":2}'},
+            "transitionTotals": {"S": '{"/a":2}'},
+            "updatedAt": {"S": "1970-01-01T00:01:00Z"},
+        },
+    )
+    assert tables.checkpoint() == Checkpoint(60_000, {"a": 2}, {"/a": 2})
+
+
+class ReplacedWhileReadClient:
+    """The real client, but a newer checkpoint is committed just after the reader has read
+    the head and before it reads the first part (its parts then go)."""
+
+    def __init__(self, real, table, newer):
+        self._real, self._table, self._newer = real, table, newer
+        self.replaced = False
+
+    def get_item(self, **request):
+        if request["Key"]["pipeline"]["S"] != PIPELINE_NAME and not self.replaced:
+            self.replaced = True
+            write_checkpoint(self._real, self._table, PIPELINE_NAME, self._newer, **SPLIT)
+        return self._real.get_item(**request)
+
+
+def test_a_checkpoint_replaced_while_read_is_read_again(tables):
+    write_checkpoint(tables.client, tables.progress, PIPELINE_NAME, big_checkpoint(60_000, 50, 2000), **SPLIT)
+    newer = big_checkpoint(120_000, levels=50, pairs=2000, seed=4)
+    client = ReplacedWhileReadClient(tables.client, tables.progress, newer)
+    assert read_checkpoint(client, tables.progress) == newer and client.replaced
+
+
+def test_parts_that_do_not_add_up_fail_loudly(tables):
+    write_checkpoint(tables.client, tables.progress, PIPELINE_NAME, big_checkpoint(60_000, 50, 2000), **SPLIT)
+    tables.client.update_item(
+        TableName=tables.progress,
+        Key={"pipeline": {"S": PIPELINE_NAME}},
+        UpdateExpression="SET partsDigest = :d",
+        ExpressionAttributeValues={":d": {"S": "0" * 32}},
+    )
+    with pytest.raises(CheckpointUnreadable, match="missing or do not match"):
+        tables.checkpoint()
+
+
+# --- A restart with a ledger split over parts ----------------------------------------------
+
+
+def many_pairs_stream(players=8000, levels=1000, seed=8):
+    """Each player enters one level and moves to another, a pair no other player takes,
+    over 20 minutes: `players` distinct "A/B" totals, with the entries and exits some
+    10,000 keys, whose checkpoint outgrows one item."""
+    from pipeline.rules.observations import Observation
+    from pipeline.testing.enriched_lines import enriched_line, level_context
+
+    rng = random.Random(seed)
+    start = 1_795_000_000_000
+    names = [f"campaign-level-{i:04d}" for i in range(levels)]
+    taken, timed = set(), []
+    for p in range(players):
+        a, b = rng.sample(names, 2)
+        while (a, b) in taken:
+            a, b = rng.sample(names, 2)
+        taken.add((a, b))
+        enter = start + rng.randrange(0, 20 * 60_000)
+        for level, at in ((a, enter), (b, enter + rng.randrange(1_000, 60_000))):
+            event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+            line = enriched_line(event_id, at, [level_context(f"player-{p}", level)]).encode()
+            timed.append(
+                (at + rng.randrange(0, 5_000), line, Observation(f"player-{p}", level, at, event_id, 0))
+            )
+    timed.sort(key=lambda entry: entry[0])  # arrival: within 5 s of event time
+    return [line for _, line, _ in timed], [observation for _, _, observation in timed]
+
+
+@pytest.mark.slow
+def test_a_restart_from_a_checkpoint_in_parts_gives_the_model(moto_endpoint, tmp_path):
+    """Killed (SIGKILL) once it has committed a checkpoint too big for one item, then run
+    again with the same flags: the tables and the history equal the model's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pipeline.apps.producer import put_records
+    from pipeline.testing.aws_server import make_stream
+    from pipeline.testing.outputs import assert_history_equals_model, assert_tables_equal_model, read_history
+    from pipeline.testing.reference_model import model_snapshots
+
+    lines, observations = many_pairs_stream()
+    name = "many-pairs"
+    put_records(make_stream(moto_endpoint, name, shards=2), name, lines)
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline.main",
+        f"--stream_name={name}",
+        f"--aws_endpoint_url={moto_endpoint}",
+        f"--aws_region={REGION}",
+        "--initial_position=TRIM_HORIZON",
+        "--max_out_of_orderness_secs=10",
+        "--stop_when_idle_secs=3",
+        f"--snapshot_path={tmp_path}/out",
+        "--write_dynamodb",
+        "--create_tables",
+        f"--level_table={name}-levels",
+        f"--transitions_table={name}-transitions",
+        f"--progress_table={name}-progress",
+    ]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    client = client_for(moto_endpoint)
+
+    def head():
+        try:
+            return client.get_item(TableName=f"{name}-progress", Key={"pipeline": {"S": PIPELINE_NAME}}).get(
+                "Item"
+            )
+        except client.exceptions.ResourceNotFoundException:
+            return None
+
+    victim = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not (head() and "partsDigest" in head()):
+            assert victim.poll() is None, "the run ended before committing a checkpoint in parts"
+            assert time.monotonic() < deadline, "no checkpoint in parts within 600 s"
+            time.sleep(0.2)
+        victim.send_signal(signal.SIGKILL)
+    finally:
+        victim.wait(timeout=60)
+    killed_at = int(head()["asOf"]["N"])
+    assert killed_at < max(model_snapshots(observations, 300, 60)), (
+        "killed too late: everything was committed"
+    )
+
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming after" in result.stderr and int(head()["asOf"]["N"]) > killed_at
+    assert_history_equals_model(read_history(f"{tmp_path}/out"), observations, 300, 60)
+    assert_tables_equal_model(client, f"{name}-transitions", f"{name}-levels", observations)

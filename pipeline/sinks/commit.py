@@ -14,7 +14,14 @@ carry milliseconds), fires then, and only then is C written.
 Checkpoints that pile up behind a slow writer are coalesced: when the timer fires, the
 newest checkpoint it covers is written and the older ones are dropped (C is all a
 restart needs). The write is conditional on asOf like every other, so an older
-checkpoint never replaces a newer one, and a repeated one changes nothing.
+checkpoint never replaces a newer one, and a repeated one changes nothing. A ledger
+too big for one DynamoDB item is stored in parts first and its head last
+(pipeline.sinks.dynamodb.write_checkpoint), so a reader never sees half a checkpoint.
+
+Coalesced value writes keep this order: a wake that closes many instants writes each
+key once, stamped at the instant of its last change, and a key changed after C is
+written again by a restart from C (the argument in full: pipeline.sinks.dynamodb,
+_WriteCounterUpdatesFn).
 """
 
 import apache_beam as beam
@@ -29,7 +36,7 @@ from pipeline.rules.ledger import Checkpoint
 from pipeline.rules.tables import PIPELINE_NAME
 from pipeline.runtime import metrics
 from pipeline.runtime.timestamps import ms_to_timestamp
-from pipeline.sinks.dynamodb import checkpoint_write, count_outcome, dynamodb_client_factory, write_item
+from pipeline.sinks.dynamodb import count_outcome, dynamodb_client_factory, write_checkpoint
 
 
 def commit_ms(checkpoint: Checkpoint) -> int:
@@ -89,13 +96,10 @@ class _CommitFn(beam.DoFn):
     ):
         newest, later = due_and_later(list(pending.read()), fired_at.micros // 1000)
         if newest is not None:
-            write = checkpoint_write(self._progress_table, PIPELINE_NAME, newest)
-            count_outcome(
-                write_item(self._client, write, self._retry_for_secs),
-                self._writes,
-                self._retries,
-                self._repeats,
-            )
+            for outcome in write_checkpoint(
+                self._client, self._progress_table, PIPELINE_NAME, newest, self._retry_for_secs
+            ):
+                count_outcome(outcome, self._writes, self._retries, self._repeats)
             self._checkpoints.inc()
             self._committed.set(newest.as_of_ms)
         pending.clear()

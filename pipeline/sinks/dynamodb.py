@@ -1,13 +1,20 @@
 """WriteCounterUpdates: the ledger's CounterUpdates to DynamoDB, effectively once (the
-tables: pipeline.rules.tables).
+tables: pipeline.rules.tables); and the checkpoint's items in the progress table.
 
-Every write is a conditional UpdateItem of an absolute value ("asOf < :as_of"), so no
-write can apply twice or move a value back in time. BatchWriteItem takes no condition
-and is not used.
+Every value is written by a conditional UpdateItem of an absolute value ("asOf <
+:as_of"), so no write can apply twice or move a value back in time. BatchWriteItem
+takes no condition and is not used.
+
+The checkpoint is one head item, as it always was while the ledger fits in one item;
+beyond that (hundreds of levels, tens of thousands of transition pairs: DynamoDB's item
+limit is 400 KB) the head names parts that hold the ledger compressed
+(`write_checkpoint`, `read_checkpoint`).
 """
 
+import hashlib
 import json
 import logging
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, NamedTuple
 
@@ -41,6 +48,7 @@ class _Write(NamedTuple):
     key: dict
     sets: dict  # attribute name -> DynamoDB typed value, e.g. {"playerCount": {"N": "3"}}
     as_of_ms: int
+    removes: tuple = ()  # attribute names to remove
 
     def describe(self) -> str:
         return f"table {self.table!r} key {', '.join(f'{k}={next(iter(v.values()))}' for k, v in self.key.items())}"
@@ -53,10 +61,15 @@ class _Write(NamedTuple):
             names[f"#a{i}"] = name  # "count" is a reserved word: every name goes through #
             values[f":v{i}"] = value
             assignments.append(f"#a{i} = :v{i}")
+        expression = "SET " + ", ".join(assignments)
+        if self.removes:
+            for i, name in enumerate(self.removes):
+                names[f"#r{i}"] = name
+            expression += " REMOVE " + ", ".join(f"#r{i}" for i in range(len(self.removes)))
         return {
             "TableName": self.table,
             "Key": self.key,
-            "UpdateExpression": "SET " + ", ".join(assignments),
+            "UpdateExpression": expression,
             "ConditionExpression": NEWER_ONLY,
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": values,
@@ -66,6 +79,7 @@ class _Write(NamedTuple):
 class _Outcome(NamedTuple):
     retries: int
     repeat: bool  # the condition failed: this value or a newer one is already there
+    old: dict | None = None  # the item before the write, when asked for (return_old)
 
 
 def level_write(table: str, level: str, players: int, as_of_ms: int) -> _Write:
@@ -83,37 +97,31 @@ def transition_write(table: str, transition: str, total: int, as_of_ms: int) -> 
     return _Write(table, {"transitionLevels": {"S": transition}}, sets, as_of_ms)
 
 
-def _json_counts(pairs) -> str:
-    return json.dumps({key: int(count) for key, count in pairs}, sort_keys=True, separators=(",", ":"))
+def _json_counts(counts) -> str:
+    return json.dumps({key: int(n) for key, n in dict(counts).items()}, sort_keys=True, separators=(",", ":"))
 
 
-def checkpoint_write(table: str, pipeline_name: str, checkpoint: Checkpoint) -> _Write:
-    sets = {
-        "levels": {"S": _json_counts(checkpoint.levels)},
-        "transitionTotals": {"S": _json_counts(checkpoint.transition_totals)},
-        "updatedAt": {"S": iso_utc(checkpoint.as_of_ms)},
-    }
-    return _Write(table, {"pipeline": {"S": pipeline_name}}, sets, checkpoint.as_of_ms)
-
-
-def write_item(client, write: _Write, retry_for_secs: float = RETRY_FOR_SECS) -> _Outcome:
+def write_item(
+    client, write: _Write, retry_for_secs: float = RETRY_FOR_SECS, return_old: bool = False
+) -> _Outcome:
     """One conditional UpdateItem, retried with backoff while AWS is throttling or away
     (pipeline.aws), then AwsCallFailed. A failed condition is a success (a repeat).
     Thread-safe; it touches no Beam metric (metrics are thread-local: the caller counts
-    the outcome)."""
+    the outcome). `return_old`: the outcome carries the item as it was before the write."""
     request = write.request()
+    if return_old:
+        request["ReturnValues"] = "ALL_OLD"
 
     def update():
         try:
-            client.update_item(**request)
-            return False
+            return client.update_item(**request).get("Attributes", {})
         except ClientError as error:
             if error_code(error) == REPEAT:
-                return True  # this value or a newer one is there already
+                return None  # this value or a newer one is there already
             raise
 
-    repeat, retries = call_with_retries(update, f"UpdateItem on {write.describe()}", retry_for_secs)
-    return _Outcome(retries, repeat)
+    old, retries = call_with_retries(update, f"UpdateItem on {write.describe()}", retry_for_secs)
+    return _Outcome(retries, old is None, old if return_old else None)
 
 
 def dynamodb_client_factory(region: str, endpoint_url: str | None) -> ClientFactory:
@@ -140,7 +148,24 @@ class _WriteCounterUpdatesFn(beam.DoFn):
     safe for the same reason.
 
     The checkpoint is not written here but by CommitCheckpoints, once the watermark
-    shows every update up to its instant written (pipeline.sinks.commit).
+    shows every update up to its instant written (pipeline.sinks.commit): each
+    CounterUpdate is yielded after its items are written, with its own timestamp, its
+    instant.
+
+    Why coalesced updates keep that order: catching up, one wake of the ledger closes
+    many instants and each key comes once, with its latest value, in the CounterUpdate
+    of the instant t of its last change in the wake (`coalesce_updates`), stamped t.
+    Take the checkpoint C of that wake (its latest window end) and a key whose last
+    change was at t. If t <= C, its write is stamped t <= C, so C is committed only
+    after it, and the value written is the key's value at C too (the key did not change
+    between t and the end of the wake). If t > C, C may be committed before the write
+    lands; a restart from C then closes the instants after C again from the same sums,
+    so the key changes at t again and is written again once t is closed (a value the
+    first run wrote meanwhile refuses older ones by its asOf). Either way nothing the
+    checkpoint covers is lost, and the asOf condition keeps every write effectively
+    once and never older than what a reader has seen. The values in between (as of
+    instants before t) are never written: the contract lets a writer that closes
+    several instants at once write only the last of each key.
     """
 
     def __init__(
@@ -247,23 +272,193 @@ def create_tables(client, level_table, transitions_table, progress_table, wait_s
         waiter.wait(TableName=table, WaiterConfig={"Delay": 1, "MaxAttempts": max(1, int(wait_secs))})
 
 
-def _counts_of(attribute) -> tuple[tuple[str, int], ...]:
+# --- The checkpoint in the progress table ----------------------------------------------
+#
+# head   pipeline = PIPELINE_NAME: asOf (N), updatedAt (S), and either
+#          levels, transitionTotals (S, JSON): the whole ledger, while it fits (as always), or
+#          parts (N), partsDigest (S): it is in `parts` part items, and transitionTotals
+#          holds SPLIT_NOTE (not JSON: a version that knows only one item fails loudly
+#          instead of resuming from no totals)
+# part i pipeline = "{PIPELINE_NAME}/checkpoint/{asOf}/{partsDigest}/{i}": part (B), asOf (N):
+#          slice i of zlib(JSON {"levels": {...}, "transitionTotals": {...}})
+
+# The ledger's JSON up to this stays in the head item. Under half the item limit: moto's
+# DynamoDB applies an UpdateItem's SETs one by one and checks the size after each, so the
+# old ledger and the new one must fit in one item together.
+CHECKPOINT_INLINE_BYTES = 180_000
+CHECKPOINT_PART_BYTES = 350_000  # compressed bytes per part; DynamoDB's item limit is 400 KB
+SPLIT_NOTE = "in parts (partsDigest): read with a version that reads split checkpoints"
+READ_ATTEMPTS = 5  # a checkpoint replaced while being read: read the head again
+
+
+class CheckpointUnreadable(RuntimeError):
+    """The stored checkpoint's parts do not add up, even after reading it again."""
+
+
+class CheckpointItems(NamedTuple):
+    head: _Write  # conditional on asOf, written last
+    parts: list[dict]  # PutItem items, written first (none while the ledger fits in the head)
+
+
+def _part_key(pipeline_name: str, as_of_ms: int, digest: str, index: int) -> str:
+    return f"{pipeline_name}/checkpoint/{as_of_ms}/{digest}/{index}"
+
+
+def _part_keys(pipeline_name: str, head: dict) -> list[str]:
+    """The keys of the parts a head item (typed attributes) names; [] for an inline one."""
+    if "partsDigest" not in head:
+        return []
+    as_of, digest = int(head["asOf"]["N"]), head["partsDigest"]["S"]
+    return [_part_key(pipeline_name, as_of, digest, i) for i in range(int(head["parts"]["N"]))]
+
+
+def checkpoint_items(
+    table: str,
+    pipeline_name: str,
+    checkpoint: Checkpoint,
+    inline_bytes: int = CHECKPOINT_INLINE_BYTES,
+    part_bytes: int = CHECKPOINT_PART_BYTES,
+) -> CheckpointItems:
+    """The items that store `checkpoint`. Parts are named by their content (asOf and a
+    digest of the payload), so writing one again writes the same bytes, and a part the
+    head names never changes."""
+    levels, totals = _json_counts(checkpoint.levels), _json_counts(checkpoint.transition_totals)
+    updated = {"S": iso_utc(checkpoint.as_of_ms)}
+    if len(levels) + len(totals) <= inline_bytes:
+        sets = {"levels": {"S": levels}, "transitionTotals": {"S": totals}, "updatedAt": updated}
+        head = _Write(
+            table, {"pipeline": {"S": pipeline_name}}, sets, checkpoint.as_of_ms, ("parts", "partsDigest")
+        )
+        return CheckpointItems(head, [])
+    payload = zlib.compress(f'{{"levels":{levels},"transitionTotals":{totals}}}'.encode(), 6)
+    digest = hashlib.sha256(payload).hexdigest()[:32]
+    slices = [payload[i : i + part_bytes] for i in range(0, len(payload), part_bytes)]
+    parts = [
+        {
+            "pipeline": {"S": _part_key(pipeline_name, checkpoint.as_of_ms, digest, i)},
+            "asOf": {"N": str(checkpoint.as_of_ms)},
+            "part": {"B": piece},
+        }
+        for i, piece in enumerate(slices)
+    ]
+    sets = {
+        "parts": {"N": str(len(parts))},
+        "partsDigest": {"S": digest},
+        "transitionTotals": {"S": SPLIT_NOTE},
+        "updatedAt": updated,
+    }
+    head = _Write(table, {"pipeline": {"S": pipeline_name}}, sets, checkpoint.as_of_ms, ("levels",))
+    return CheckpointItems(head, parts)
+
+
+def write_checkpoint(
+    client,
+    table: str,
+    pipeline_name: str,
+    checkpoint: Checkpoint,
+    retry_for_secs: float = RETRY_FOR_SECS,
+    inline_bytes: int = CHECKPOINT_INLINE_BYTES,
+    part_bytes: int = CHECKPOINT_PART_BYTES,
+) -> list[_Outcome]:
+    """Stores `checkpoint`: its parts first, then the head, conditional on asOf like every
+    value, so a reader never finds a head naming a part not written yet, and an older
+    checkpoint never replaces a newer one. Returns the outcome of each write.
+
+    Parts no head names any more are deleted afterwards: the previous head's, once this
+    one replaced it (the write returns the item it replaced), or this one's, when
+    its head was refused (a newer or the same checkpoint is there, naming other parts).
+    A reader that read the previous head just before finds a part gone and reads the
+    head again. A crash between the parts and the head, or a lost answer to the head's
+    write, leaves parts no head names: never read, a few hundred KB each time."""
+    items = checkpoint_items(table, pipeline_name, checkpoint, inline_bytes, part_bytes)
+    outcomes = []
+    for part in items.parts:
+        key = part["pipeline"]["S"]
+        _, retries = call_with_retries(
+            lambda part=part: client.put_item(TableName=table, Item=part),
+            f"PutItem of checkpoint part {key} in table {table!r}",
+            retry_for_secs,
+        )
+        outcomes.append(_Outcome(retries, False))
+    outcome = write_item(client, items.head, retry_for_secs, return_old=True)
+    outcomes.append(outcome)
+    ours = [part["pipeline"]["S"] for part in items.parts]
+    if not outcome.repeat:  # the previous head's parts
+        unnamed = [key for key in _part_keys(pipeline_name, outcome.old or {}) if key not in ours]
+    elif ours:  # ours, unless the head there is this very checkpoint
+        named = _part_keys(pipeline_name, _get_item(client, table, pipeline_name, retry_for_secs) or {})
+        unnamed = [key for key in ours if key not in named]
+    else:
+        unnamed = []
+    for key in unnamed:
+        try:
+            call_with_retries(
+                lambda key=key: client.delete_item(TableName=table, Key={"pipeline": {"S": key}}),
+                f"DeleteItem of checkpoint part {key} in table {table!r}",
+                retry_for_secs,
+            )
+        except Exception as error:  # noqa: BLE001 - a part left behind is never read: not worth failing for
+            _LOG.warning("checkpoint part %s left in %s: %s", key, table, error)
+    return outcomes
+
+
+def _get_item(client, table: str, key: str, retry_for_secs: float = RETRY_FOR_SECS) -> dict | None:
+    item, _ = call_with_retries(
+        lambda: client.get_item(TableName=table, Key={"pipeline": {"S": key}}, ConsistentRead=True).get(
+            "Item"
+        ),
+        f"GetItem {key} in table {table!r}",
+        retry_for_secs,
+    )
+    return item
+
+
+def _counts_of(attribute) -> dict[str, int]:
     if attribute is None:
-        return ()
+        return {}
     if "S" in attribute:
         counts = json.loads(attribute["S"])
     else:  # a DynamoDB map, should someone store one
         counts = {k: v["N"] for k, v in attribute["M"].items()}
-    return tuple(sorted((k, int(n)) for k, n in counts.items()))
+    return {k: int(n) for k, n in counts.items()}
+
+
+def _read_parts(client, table: str, pipeline_name: str, head: dict) -> Checkpoint | None:
+    """The checkpoint a split head names, or None if a part is gone or the parts do not
+    add up (a newer checkpoint replaced this one meanwhile)."""
+    pieces = []
+    for key in _part_keys(pipeline_name, head):
+        part = _get_item(client, table, key)
+        if part is None:
+            return None
+        pieces.append(bytes(part["part"]["B"]))
+    payload = b"".join(pieces)
+    if hashlib.sha256(payload).hexdigest()[:32] != head["partsDigest"]["S"]:
+        return None
+    ledger = json.loads(zlib.decompress(payload))
+    return Checkpoint(
+        int(head["asOf"]["N"]),
+        {k: int(n) for k, n in ledger["levels"].items()},
+        {k: int(n) for k, n in ledger["transitionTotals"].items()},
+    )
 
 
 def read_checkpoint(client, progress_table, pipeline_name=PIPELINE_NAME) -> Checkpoint | None:
     """The stored checkpoint, or None when there is none."""
-    item = client.get_item(
-        TableName=progress_table, Key={"pipeline": {"S": pipeline_name}}, ConsistentRead=True
-    ).get("Item")
-    if not item or "asOf" not in item:
-        return None
-    return Checkpoint(
-        int(item["asOf"]["N"]), _counts_of(item.get("levels")), _counts_of(item.get("transitionTotals"))
+    for _ in range(READ_ATTEMPTS):
+        head = _get_item(client, progress_table, pipeline_name)
+        if not head or "asOf" not in head:
+            return None
+        if "partsDigest" not in head:
+            return Checkpoint(
+                int(head["asOf"]["N"]),
+                _counts_of(head.get("levels")),
+                _counts_of(head.get("transitionTotals")),
+            )
+        checkpoint = _read_parts(client, progress_table, pipeline_name, head)
+        if checkpoint is not None:
+            return checkpoint
+    raise CheckpointUnreadable(
+        f"the checkpoint in table {progress_table!r} names parts that are missing or do not match its "
+        f"digest, read {READ_ATTEMPTS} times"
     )
