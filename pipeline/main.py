@@ -22,7 +22,7 @@ from pipeline.runtime.run_status import STATUS_OBJECT, RunStatus
 from pipeline.sinks.dynamodb import create_tables, default_client, read_checkpoint
 from pipeline.sinks.objects import join_path, write_object
 from pipeline.sinks.publish import PublishOutputs
-from pipeline.sources.files import ReadEnrichedFiles
+from pipeline.sources.files import ReadEnrichedFiles, ReadProgress
 from pipeline.sources.kinesis import ReadKinesisRecords
 from pipeline.transforms.count_intervals import CountPerInterval
 from pipeline.transforms.keep_ledger import KeepLedger
@@ -167,6 +167,8 @@ def run(argv=None):
     status = RunStatus(_status_writer(opts.snapshot_path), runner_name(options), opts.update_secs)
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, options, resume_from=resume_from)
+    # A bounded replay shows on stderr what it has read as it goes (pipeline.sources.files).
+    progress = ReadProgress(opts.input).start() if opts.input and not opts.stream_name else None
     result = pipeline.run()
     # A stream runs until cancelled: its figures are published while it runs.
     status.follow(result, on_error=lambda error: _LOG.warning("pipeline status not published: %s", error))
@@ -177,6 +179,8 @@ def run(argv=None):
         sys.exit("stopped (Ctrl-C); a restart with the same flags resumes from the last checkpoint")
     finally:
         status.stop()
+        if progress is not None:
+            progress.stop()
     summary = status.publish(result, str(state), finished=True, committed_ms=_committed_ms(opts))
     print(
         f"{state}: read {summary['records_read']} records, {summary['transitions']} transitions, "

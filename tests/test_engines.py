@@ -1,6 +1,7 @@
 """Which engine runs what: streams on Prism (with the project's experiment), bounded
-replays on the FnApiRunner, `--runner DirectRunner` never a path that cannot stream;
-and a dense backlog on Prism equal to the model."""
+replays on the FnApiRunner (a worker process per core from MULTI_PROCESS_FROM_BYTES
+of input on), `--runner DirectRunner` never a path that cannot stream; a dense backlog
+on Prism equal to the model, and a replay on several processes equal to one process's."""
 
 import os
 import subprocess
@@ -9,14 +10,21 @@ import time
 
 import boto3
 import pytest
-from apache_beam.options.pipeline_options import DebugOptions, PrismRunnerOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    DebugOptions,
+    DirectOptions,
+    PortableOptions,
+    PrismRunnerOptions,
+    StandardOptions,
+)
 
 from pipeline.apps.producer import put_records
-from pipeline.apps.simulator import SimulationSettings, simulate
+from pipeline.apps.simulator import SimulationSettings, simulate, write_lines
 from pipeline.main import parse_options
-from pipeline.runtime.engines import PRISM_EXPERIMENT, default_prism_location
+from pipeline.runtime import engines
+from pipeline.runtime.engines import MULTI_PROCESS_FROM_BYTES, PRISM_EXPERIMENT, default_prism_location
 from pipeline.testing.aws_server import REGION, make_stream
-from pipeline.testing.outputs import assert_history_equals_model, read_history
+from pipeline.testing.outputs import assert_history_equals_model, read_history, read_history_bytes
 from pipeline.testing.reference_model import model_transition_totals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,9 +60,93 @@ def test_an_explicit_prism_location_and_experiments_are_kept(prism_binary):
     assert options.view_as(DebugOptions).lookup_experiment("other")
 
 
+def test_a_stream_on_prism_has_no_deadline_unless_one_is_given(prism_binary):
+    """Beam's PortableRunner makes --job_server_timeout (300 s by default) the deadline of
+    the job's state stream: a stream on Prism would end after five minutes."""
+    assert parse_options(STREAM).view_as(PortableOptions).job_server_timeout >= 365 * 86400
+    given = parse_options([*STREAM, "--job_server_timeout=120"])
+    assert given.view_as(PortableOptions).job_server_timeout == 120
+
+
+def bounded_engine(options):
+    direct = options.view_as(DirectOptions)
+    return options.view_as(StandardOptions).runner, direct.direct_num_workers, direct.direct_running_mode
+
+
+@pytest.fixture
+def big_input(tmp_path):
+    """An input of MULTI_PROCESS_FROM_BYTES (sparse: nothing is read, the options are only checked)."""
+    with open(tmp_path / "big.tsv", "wb") as handle:
+        handle.truncate(MULTI_PROCESS_FROM_BYTES)
+    return [f"--input={tmp_path}/*.tsv", "--snapshot_path=out"]
+
+
 @pytest.mark.parametrize("runner", [[], ["--runner=DirectRunner"]])
 def test_a_bounded_replay_runs_on_the_fnapirunner(runner):
-    assert parse_options(FILES + runner).view_as(StandardOptions).runner == "FnApiRunner"
+    assert bounded_engine(parse_options(FILES + runner)) == (
+        "FnApiRunner",
+        1,
+        "in_memory",
+    )  # small: one process
+
+
+@pytest.mark.parametrize("runner", [[], ["--runner=DirectRunner"]])
+def test_a_big_replay_runs_on_a_worker_process_per_core(runner, big_input, monkeypatch):
+    monkeypatch.setattr(engines, "cores", lambda: 4)
+    assert bounded_engine(parse_options(big_input + runner)) == ("FnApiRunner", 4, "multi_processing")
+    monkeypatch.setattr(engines, "cores", lambda: 1)
+    assert bounded_engine(parse_options(big_input + runner)) == ("FnApiRunner", 1, "in_memory")
+
+
+def test_a_replay_from_a_remote_file_system_is_taken_to_be_big(monkeypatch):
+    monkeypatch.setattr(engines, "cores", lambda: 2)
+    options = parse_options(["--input=s3://bucket/events/*.tsv", "--snapshot_path=out"])
+    assert bounded_engine(options) == ("FnApiRunner", 2, "multi_processing")
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--runner=FnApiRunner"], ("FnApiRunner", 1, "in_memory")),  # named: as its flags say
+        (["--direct_running_mode=multi_threading"], ("FnApiRunner", 1, "multi_threading")),
+        (["--direct_num_workers=3"], ("FnApiRunner", 3, "in_memory")),
+    ],
+)
+def test_flags_that_say_how_a_replay_runs_are_kept(flags, expected, big_input, monkeypatch):
+    monkeypatch.setattr(engines, "cores", lambda: 4)
+    assert bounded_engine(parse_options(big_input + flags)) == expected
+
+
+@pytest.mark.slow
+def test_a_replay_on_worker_processes_writes_what_one_process_writes(tmp_path):
+    """What the default runs for a big input (a worker process per core, the files in
+    chunks spread over them), on an input small enough for a test: byte-identical
+    history objects to one process's, equal to the model."""
+    stream = simulate(SimulationSettings(seed=5, players=600, duration_secs=900))  # 10 MB: 2 chunks
+    write_lines(str(tmp_path / "events.tsv"), stream.lines)
+    outputs = []
+    for name, flags in (
+        ("one", ["--runner=FnApiRunner"]),
+        ("several", ["--direct_num_workers=2", "--direct_running_mode=multi_processing"]),
+    ):
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipeline.main",
+                f"--input={tmp_path}/events.tsv",
+                f"--snapshot_path={tmp_path}/{name}",
+                *flags,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs.append(read_history_bytes(str(tmp_path / name)))
+    assert outputs[0] == outputs[1] and outputs[0]
+    assert_history_equals_model(read_history(str(tmp_path / "several")), stream.observations, 300, 60)
 
 
 @pytest.mark.parametrize("runner", ["FnApiRunner", "BundleBasedDirectRunner"])

@@ -4,10 +4,16 @@ Engines:
 - Prism (`PrismRunner`, Beam's own local engine, the DirectRunner's default since 2.68)
   runs every stream: one pipeline, forever, with live watermarks. Always with the
   experiment `prism_disable_sdf_split` (see PRISM_EXPERIMENT).
-- The FnApiRunner (Beam's in-process batch engine) runs bounded replays of files: it
-  is the faster of the two there (measured by `make bench`, see README "Performance").
-  It cannot run a stream live: it holds a splittable source's watermark until the
-  source ends.
+- The FnApiRunner (Beam's batch engine) runs bounded replays of files, on every core:
+  one worker process per core (BATCH_RUNNING_MODE), each reading and parsing its share of
+  the files' chunks (pipeline.sources.files), the runner shuffling between them; an
+  input under MULTI_PROCESS_FROM_BYTES runs in one process (starting the workers costs
+  more than they save there). Chosen by measurement (bench/backfill.py, README
+  "Performance"): faster than one process, and than Prism, whose one Python worker
+  does all the work while the Go runner moves every element between stages. It cannot
+  run a stream live: it holds a splittable source's watermark until the source ends.
+  Named explicitly (--runner FnApiRunner), it runs as its own flags say: one process
+  unless --direct_num_workers.
 - Flink (`FlinkRunner`) when one machine is not enough (below).
 
 `--runner DirectRunner` (what Beam users type), or no --runner, picks the engine for the
@@ -19,13 +25,18 @@ Flink options, checks and defaults: pipeline.runtime.flink.
 import logging
 import os
 
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (
     DebugOptions,
+    DirectOptions,
     PipelineOptions,
+    PortableOptions,
     PrismRunnerOptions,
     StandardOptions,
 )
 from apache_beam.version import __version__ as BEAM_SDK_VERSION
+
+from pipeline.runtime.options import LevelAnalyticsOptions
 
 _LOG = logging.getLogger(__name__)
 
@@ -33,6 +44,13 @@ _LOG = logging.getLogger(__name__)
 
 STREAM_ENGINE = "PrismRunner"
 BATCH_ENGINE = "FnApiRunner"
+# How BATCH_ENGINE runs a bounded replay picked for the user: a worker process per core,
+# from an input of MULTI_PROCESS_FROM_BYTES on. Starting the workers takes about 3 s
+# (each imports Beam); on 2 cores a replay of 175 MB took 25% less time with them, so
+# below some 64 MB they cost more than they save.
+BATCH_RUNNING_MODE = "multi_processing"
+MULTI_PROCESS_FROM_BYTES = 64 << 20
+RUN_FOREVER_SECS = 10 * 365 * 86400  # Prism's job_server_timeout: the deadline of a run
 # Beam's names for "pick a local engine for me".
 LOCAL_RUNNER_ALIASES = ("DirectRunner", "SwitchingDirectRunner", "")
 # In-process engines that cannot run a stream live (watermark held until the source ends).
@@ -97,6 +115,8 @@ def choose_engine(options: PipelineOptions, streaming: bool) -> None:
     if name in LOCAL_RUNNER_ALIASES:
         standard.runner = STREAM_ENGINE if streaming else BATCH_ENGINE
         name = standard.runner
+        if not streaming:
+            use_every_core(options, options.view_as(LevelAnalyticsOptions).input)
     if name != STREAM_ENGINE:
         return
     prism = options.view_as(PrismRunnerOptions)
@@ -105,6 +125,47 @@ def choose_engine(options: PipelineOptions, streaming: bool) -> None:
     debug = options.view_as(DebugOptions)
     if not debug.lookup_experiment(PRISM_EXPERIMENT):
         debug.add_experiment(PRISM_EXPERIMENT)
+    if "job_server_timeout" not in options.get_all_options(drop_default=True):
+        # Beam's PortableRunner gives the job's state stream from Prism a deadline of
+        # --job_server_timeout (300 s by default): a run longer than that would end with
+        # DEADLINE_EXCEEDED. A stream runs until it is stopped.
+        options.view_as(PortableOptions).job_server_timeout = RUN_FOREVER_SECS
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def input_bytes(file_pattern: str | None) -> int | None:
+    """The size of the local files a pattern matches; None for a remote file system
+    (its options are not set yet: a replay from there is taken to be big)."""
+    if not file_pattern:
+        return 0
+    if "://" in file_pattern:
+        return None
+    try:
+        return sum(m.size_in_bytes for r in FileSystems.match([file_pattern]) for m in r.metadata_list)
+    except Exception:  # noqa: BLE001 - no match: the source says so, with its own message
+        return 0
+
+
+def use_every_core(options: PipelineOptions, file_pattern: str | None) -> None:
+    """BATCH_ENGINE with a worker process per core for an input of MULTI_PROCESS_FROM_BYTES
+    or more, unless the flags say how it runs (--direct_num_workers,
+    --direct_running_mode) or there is one core only."""
+    direct = options.view_as(DirectOptions)
+    chosen = options.get_all_options(drop_default=True)
+    if "direct_num_workers" in chosen or "direct_running_mode" in chosen or cores() < 2:
+        return
+    size = input_bytes(file_pattern)
+    if size is not None and size < MULTI_PROCESS_FROM_BYTES:
+        return
+    direct.direct_num_workers = cores()
+    direct.direct_running_mode = BATCH_RUNNING_MODE
 
 
 def cache_dir() -> str:
