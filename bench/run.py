@@ -1,12 +1,27 @@
-"""`make bench`: every figure of issue 6 beside what it is compared with in the same run.
+"""`make bench`: every figure beside what it is compared with, measured in the same run.
 
-    python -m bench.run [--quick]
+    python -m bench.run [--quick | --full] [--only ITEMS] [--experiments]
 
-Prints one table and writes it as JSON to bench/results/ (a timestamped file and
-latest.json). Inputs are generated here, with pipeline.apps.simulator. Each pipeline runs in
-a fresh child process (bench.child) and is timed without its imports. The machine is
-shared, so the ratios (measured minutes apart in the same run) mean more than the
-absolute rates. --quick shrinks every input, to check the harness itself.
+Items (each pipeline in a fresh child process, bench.child, timed without its imports):
+- parse: ParseEnrichedEvents' DoFn against the Snowplow SDK's transform (bench.parse);
+- bounded: a bounded replay against the straightforward Beam pipeline (bench.baseline)
+  and the SDK's transform alone;
+- memory: state per active player, and memory over a steady run (bench.memory);
+- live: freshness and cost of the live engine (bench.live): records put into moto's
+  Kinesis at their arrival times while the pipeline runs continuously, on Prism and on
+  the embedded Flink at parallelism 1 and 2, at 1,000 and 10,000 players (--full:
+  100,000 too);
+- catchup: a backlog read at the read rate? (bench.catchup), beside a plain boto3 read
+  of the same stream, on Prism and on Flink (--full: 100,000 events over 2 and 8 shards);
+- experiments (only with --experiments): changes not in the product, measured beside the
+  product on the same backlog (bench.experiments).
+
+Every timed pipeline run's outputs are checked against the reference model (bench.checks)
+and the result is in the table. Prints one table and writes it as JSON to bench/results/
+(a timestamped file and latest.json). The machine may be shared: ratios measured minutes
+apart in one run mean more than absolute rates, and CPU seconds per event (the pipeline's
+processes only) mean more than events per second of wall clock. --quick shrinks
+everything, to check the harness in a few minutes.
 """
 
 import argparse
@@ -16,20 +31,61 @@ import os
 import platform
 import shutil
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 
-from bench import memory, parse
-from bench.common import child_result, percentile, run_child, start_child
-from pipeline.apps.producer import put_records
+from bench import checks, memory, parse
+from bench.catchup import catch_up
+from bench.common import MotoProcess, run_child
+from bench.live import live_run
+from bench.streams import OUT_OF_ORDERNESS_MS
 from pipeline.apps.simulator import SimulationSettings, simulate, write_lines
-from pipeline.rules.observations import BadLine, decode_line, event_time_ms
-from pipeline.testing.aws_server import MotoServer
-from pipeline.testing.outputs import read_history_bytes
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-UPDATE_MS = 5000
+OOO_S = OUT_OF_ORDERNESS_MS / 1000
+FRESHNESS_SLACK_S = 2.0  # the targets: max_out_of_orderness + 2 s
+
+# Sizes: (default, --quick, --full).
+MODES = {
+    "default": {
+        "parse_lines": 60_000,
+        "bounded_players": 5000,
+        "memory_players": 100_000,
+        "live_players": [1000, 10_000],
+        "live_engines": ["prism", "flink-p1", "flink-p2"],
+        "live_secs": 90,
+        "catchup": [(30_000, 2)],
+        "catchup_engines": ["prism", "flink-p2"],
+    },
+    "quick": {
+        "parse_lines": 3000,
+        "bounded_players": 100,
+        "memory_players": 2000,
+        "live_players": [300],
+        "live_engines": ["prism", "flink-p1"],
+        "live_secs": 40,
+        "catchup": [(3000, 2)],
+        "catchup_engines": ["prism", "flink-p2"],
+    },
+    "full": {
+        "parse_lines": 60_000,
+        "bounded_players": 5000,
+        "memory_players": 100_000,
+        "live_players": [1000, 10_000, 100_000],
+        "live_engines": ["prism", "flink-p1", "flink-p2"],
+        "live_secs": 120,
+        "catchup": [(100_000, 2), (100_000, 8)],
+        "catchup_engines": ["prism", "flink-p2"],
+    },
+}
+EXPERIMENT_SETS = [
+    ("prism", []),
+    ("prism", ["one_state_cell"]),
+    ("prism", ["pipeline_state_commits"]),
+    ("flink-p2", []),
+    ("flink-p2", ["flink_state_cache"]),
+    ("flink-p2", ["flink_state_cache", "one_state_cell", "pipeline_state_commits"]),
+]
 
 
 def sdk_transform_rate(lines: list) -> float:
@@ -48,16 +104,14 @@ def sdk_transform_rate(lines: list) -> float:
     return len(lines) / (time.perf_counter() - started)
 
 
-# --- 1. bounded throughput ------------------------------------------------------------
-
-
 def bounded_throughput(work: str, players: int, duration_secs: int) -> dict:
     stream = simulate(SimulationSettings(seed=1, players=players, duration_secs=duration_secs))
     path = os.path.join(work, "bounded.tsv")
     write_lines(path, stream.lines)
     n = len(stream.lines)
     sdk = sdk_transform_rate(stream.lines)
-    main = run_child("main", {"argv": [f"--input={path}", f"--snapshot_path={work}/bounded_out"]})
+    out = f"{work}/bounded_out"
+    main = run_child("main", {"argv": [f"--input={path}", f"--snapshot_path={out}"]})
     baseline = run_child("baseline", {"input": path, "output": f"{work}/baseline_out/sums"})
     main_rate, baseline_rate = n / main["seconds"], n / baseline["seconds"]
     return {
@@ -71,250 +125,129 @@ def bounded_throughput(work: str, players: int, duration_secs: int) -> dict:
         "baseline_seconds": baseline["seconds"],
         "vs_baseline": main_rate / baseline_rate,
         "vs_sdk_transform": main_rate / sdk,
+        "check": checks.check_run(stream.observations, out, finished=True),
     }
 
 
-# --- 2. streaming throughput ----------------------------------------------------------
+# --- the table --------------------------------------------------------------------------
 
 
-def plain_read(client, stream: str, expected: int) -> tuple[int, float]:
-    """A boto3 loop that only reads: every shard from TRIM_HORIZON, 1000 records per
-    GetRecords (the pipeline's --max_records), until all records are read."""
-    shards = [s["ShardId"] for s in client.list_shards(StreamName=stream)["Shards"]]
-    started = time.perf_counter()
-    iterators = {
-        s: client.get_shard_iterator(StreamName=stream, ShardId=s, ShardIteratorType="TRIM_HORIZON")[
-            "ShardIterator"
-        ]
-        for s in shards
-    }
-    read = 0
-    while read < expected and iterators:
-        for shard in list(iterators):
-            answer = client.get_records(ShardIterator=iterators[shard], Limit=1000)
-            read += len(answer["Records"])
-            iterators[shard] = answer.get("NextShardIterator")
-            if not iterators[shard]:
-                del iterators[shard]
-    return read, time.perf_counter() - started
+def _s(value) -> str:
+    return "n/a" if value is None else f"{value:.1f} s"
 
 
-def streaming_throughput(moto: MotoServer, work: str, players: int, duration_secs: int) -> dict:
-    stream = simulate(SimulationSettings(seed=2, players=players, duration_secs=duration_secs))
-    kinesis = moto.make_stream("bench-throughput", shards=2)
-    put_records(kinesis, "bench-throughput", stream.lines)
-    n = len(stream.lines)
-    read, read_secs = plain_read(kinesis, "bench-throughput", n)
-    idle_secs = 2
-    result = run_child(
-        "main",
-        {
-            "argv": [
-                "--stream_name=bench-throughput",
-                f"--aws_endpoint_url={moto.endpoint}",
-                "--initial_position=TRIM_HORIZON",
-                f"--stop_when_idle_secs={idle_secs}",
-                f"--snapshot_path={work}/stream_out",
-                "--write_dynamodb",
-                "--create_tables",
-                "--level_table=throughput-levels",
-                "--transitions_table=throughput-transitions",
-                "--progress_table=throughput-progress",
-            ]
-        },
-    )
-    # The same lines as a bounded input: the stream's snapshots must be identical.
-    path = os.path.join(work, "stream_lines.tsv")
-    write_lines(path, stream.lines)
-    run_child("main", {"argv": [f"--input={path}", f"--snapshot_path={work}/stream_bounded_out"]})
-    same = read_history_bytes(f"{work}/stream_out") == read_history_bytes(f"{work}/stream_bounded_out")
-    # The run ends idle_secs after the last record was read; that wait is not work.
-    busy = result["seconds"] - idle_secs
-    return {
-        "events": n,
-        "players": players,
-        "pipeline_events_per_s": n / busy,
-        "pipeline_seconds": busy,
-        "plain_read_events_per_s": read / read_secs,
-        "vs_plain_read": (n / busy) / (read / read_secs),
-        "snapshots_equal_bounded_run": same,
-    }
+def _q(figure: dict) -> str:
+    """'p50 X / p95 Y' of a quantiles dict."""
+    return f"p50 {_s(figure.get('p50'))} / p95 {_s(figure.get('p95'))}"
 
 
-# --- 3. DynamoDB cost -----------------------------------------------------------------
+def _check(check: dict | None) -> str:
+    if not check:
+        return "-"
+    if check["exact"]:
+        what = f"{check['windows']} windows"
+        if check.get("items"):
+            what += f", {check['items']:,} values"
+        return f"exact ({what})"
+    return f"NOT exact: {'; '.join(check['mismatches'][:2])}"
 
 
-def dynamodb_cost(moto: MotoServer, work: str, rates: list, duration_secs: int) -> dict:
-    """Bounded replays with --write_dynamodb against moto, one per event rate; counts the
-    UpdateItem requests whose instant falls in the steady middle of the replay."""
-    out = {}
-    for label, players in rates:
-        settings = SimulationSettings(seed=3, players=players, duration_secs=duration_secs)
-        stream = simulate(settings)
-        path = os.path.join(work, f"dynamodb_{label}.tsv")
-        write_lines(path, stream.lines)
-        result = run_child(
-            "main",
-            {
-                "argv": [
-                    f"--input={path}",
-                    f"--aws_endpoint_url={moto.endpoint}",
-                    "--write_dynamodb",
-                    "--create_tables",
-                    f"--level_table=cost-{label}-levels",
-                    f"--transitions_table=cost-{label}-transitions",
-                    f"--progress_table=cost-{label}-progress",
-                ],
-                "log_writes": True,
-            },
-        )
-        # Steady middle: players have arrived (a minute in) and none has been sent home
-        # by the end of the simulation yet.
-        span_start = settings.start_ms + 60_000
-        span_end = settings.start_ms + duration_secs * 1000 - 60_000
-        events = sum(1 for line in stream.lines if span_start <= _line_time(line, span_start - 1) < span_end)
-        writes = [w for w in result["writes"] if span_start < w[1] <= span_end]
-        minutes = (span_end - span_start) / 60_000
-        out[label] = {
-            "players": players,
-            "events_per_s": events / ((span_end - span_start) / 1000),
-            "update_item_requests": len(writes),
-            "writes_per_1000_events": 1000 * len(writes) / events,
-            "writes_per_minute": len(writes) / minutes,
-            "of_which_checkpoints": sum(1 for w in writes if w[0].endswith("progress")),
-        }
-    return out
+def _label(run: dict) -> str:
+    return f"{run['engine']}, {run['players']:,} players"
 
 
-def _line_time(line: bytes, default: int) -> int:
-    try:
-        return event_time_ms(decode_line(line).split("\t"))
-    except (BadLine, IndexError):
-        return default
-
-
-# --- 4. freshness ---------------------------------------------------------------------
-
-
-class SnapshotWatcher(threading.Thread):
-    """Notes when each history object first appears in a snapshot directory."""
-
-    def __init__(self, root: str):
-        super().__init__(daemon=True)
-        self.root = os.path.join(root, "history", "levels")
-        self.seen = {}
-        self.stop = threading.Event()
-
-    def run(self):
-        while not self.stop.is_set():
-            if os.path.isdir(self.root):
-                now = time.time()
-                for name in os.listdir(self.root):
-                    self.seen.setdefault(name, now)
-            time.sleep(0.1)
-
-
-def freshness(moto: MotoServer, work: str, players: int, duration_secs: int) -> dict:
-    """A live run as `make run` does it: records go into Kinesis at their event time
-    (the wall clock) while the pipeline runs in segments (--stop_when_caught_up, each
-    resuming from the previous checkpoint; the local runner publishes nothing before
-    its source ends), default settings otherwise. When do their effects show?"""
-    kinesis = moto.make_stream("bench-live", shards=2)
-    start_ms = int(time.time() * 1000) + 5_000
-    settings = SimulationSettings(
-        seed=4, players=players, duration_secs=duration_secs, start_ms=start_ms, early_share=0.5
-    )
-    stream = simulate(settings)
-    out_dir = f"{work}/live_out"
-    watcher = SnapshotWatcher(out_dir)
-    watcher.start()
-    segment_argv = [
-        "--stream_name=bench-live",
-        f"--aws_endpoint_url={moto.endpoint}",
-        "--initial_position=TRIM_HORIZON",
-        "--stop_when_caught_up",
-        f"--snapshot_path={out_dir}",
-        "--write_dynamodb",
-        "--create_tables",
-        "--level_table=live-levels",
-        "--transitions_table=live-transitions",
-        "--progress_table=live-progress",
+def freshness_rows(run: dict) -> list:
+    """DynamoDB raw, DynamoDB after final (with the floor), S3: (item, figure, compared
+    with, value, target, met, check)."""
+    written = run["dynamodb_raw_s"]["n"]
+    missing = run["dynamodb_changes_not_written"]
+    behind = f"; {missing:,} of {written + missing:,} changes not written before the stop" if missing else ""
+    offered = f"{run['offered_per_s_after_warmup'] or 0:,.0f}/s offered, {run['read_per_s'] or 0:,.0f}/s read"
+    raw95, final95 = run["dynamodb_raw_s"]["p95"], run["dynamodb_after_final_s"]["p95"]
+    s3 = run["s3_raw_s"]
+    rows = [
+        (
+            f"4 freshness DynamoDB ({_label(run)})",
+            f"from arrival {_q(run['dynamodb_raw_s'])} ({written:,} changes{behind}; {offered})",
+            f"max_out_of_orderness {OOO_S:.0f} s + {FRESHNESS_SLACK_S:.0f} s",
+            _s(raw95),
+            f"<= {OOO_S + FRESHNESS_SLACK_S:.0f} s",
+            raw95 is not None and not missing and raw95 <= OOO_S + FRESHNESS_SLACK_S,
+            _check(run["check"]),
+        ),
+        (
+            f"4 freshness DynamoDB ({_label(run)})",
+            f"from when its instant could first be final {_q(run['dynamodb_after_final_s'])}; "
+            f"floor (arrival to final) {_q(run['dynamodb_floor_s'])}; of which watermark to ledger "
+            f"{_q(run['dynamodb_final_to_ledger_s'])}, ledger to written {_q(run['dynamodb_ledger_to_written_s'])}",
+            f"{FRESHNESS_SLACK_S:.0f} s after final",
+            _s(final95),
+            f"<= {FRESHNESS_SLACK_S:.0f} s",
+            final95 is not None and not missing and final95 <= FRESHNESS_SLACK_S,
+            "(same run)",
+        ),
+        (
+            f"4 freshness S3 ({_label(run)})",
+            f"after window end {_q(s3)} ({s3['n']} windows); floor {_q(run['s3_floor_s'])}; after final "
+            f"{_q(run['s3_after_final_s'])}; publish call {_q(run['s3_publish_call_s'])}",
+            f"window end + {OOO_S:.0f} s + {FRESHNESS_SLACK_S:.0f} s",
+            _s(s3["p95"]),
+            f"<= {OOO_S + FRESHNESS_SLACK_S:.0f} s",
+            s3["p95"] is not None and not missing and s3["p95"] <= OOO_S + FRESHNESS_SLACK_S,
+            "(same run)",
+        ),
     ]
-    producing = threading.Event()
-    producing.set()
-    segments = []  # each segment's result, with its writes log
+    return rows
 
-    def run_segments():
-        while producing.is_set():
-            segments.append(child_result(start_child("main", {"argv": segment_argv, "log_writes": True})))
 
-    runner = threading.Thread(target=run_segments, daemon=True)
-    runner.start()
-    # Produce: each record once the wall clock reaches its arrival time, in arrival order.
-    arrivals = []  # (event_time_ms, accepted wall time)
-    index = 0
-    while index < len(stream.lines):
-        now_ms = time.time() * 1000
-        batch = []
-        while index < len(stream.lines) and stream.arrival_ms[index] <= now_ms:
-            batch.append((_line_time(stream.lines[index], None), stream.lines[index]))
-            index += 1
-        if batch:
-            accepted = put_records(kinesis, "bench-live", [line for _, line in batch])
-            arrivals += [(t, wall) for (t, _), wall in zip(batch, accepted, strict=True) if t is not None]
-        else:
-            time.sleep(0.05)
-    producer_end = time.time()
-    producing.clear()
-    runner.join()
-    watcher.stop.set()
-
-    # (a) DynamoDB: an event's effect is written with the first update at or after the
-    # end of its update interval.
-    writes = sorted(
-        (as_of, wall)
-        for segment in segments
-        for table, as_of, wall, _ in segment["writes"]
-        if not table.endswith("progress")
+def _memory(run: dict) -> str:
+    return ", ".join(
+        f"{name.split()[0] if name.startswith('python') else name} {mib:,.0f} MiB"
+        for label, name, mib, _cpu in run["processes"]
+        if label == "pipeline"
     )
-    delays = []
-    for t, arrived in arrivals:
-        due = t - t % UPDATE_MS + UPDATE_MS
-        written = next((wall for as_of, wall in writes if as_of >= due), None)
-        if written is not None and written <= producer_end:
-            delays.append(written - arrived)
-    # (b) S3 (snapshot dir): when each window's object appeared, after its window end.
-    window_lag = {}
-    for name, seen in watcher.seen.items():
-        end_s = datetime.fromisoformat(name[: -len(".json")].replace("Z", "+00:00")).timestamp()
-        if end_s <= producer_end - 30:  # windows that closed while records were still coming
-            window_lag[name] = seen - end_s
-    return {
-        "events": len(stream.lines),
-        "players": players,
-        "producer_seconds": producer_end - (start_ms / 1000),
-        "segments": len(segments),
-        "segment_seconds_p50": percentile([s["seconds"] for s in segments], 0.5),
-        "dynamodb_delay_p50_s": percentile(delays, 0.5),
-        "dynamodb_delay_p95_s": percentile(delays, 0.95),
-        "dynamodb_writes": len(writes),
-        "snapshot_after_window_end_p50_s": percentile(list(window_lag.values()), 0.5),
-        "snapshot_after_window_end_p95_s": percentile(list(window_lag.values()), 0.95),
-        "windows_closed_while_source_ran": len(window_lag),
-        "events_measured": len(delays),
-        "events_sent": len(arrivals),
-    }
 
 
-# --- the table ------------------------------------------------------------------------
+def scale_row(run: dict) -> tuple:
+    b = run["bottleneck"]
+    cpu_ms = 1000 * run["pipeline_cpu_secs"] / max(1, run["records_read"])
+    return (
+        f"6 cost ({_label(run)})",
+        f"{run['offered_per_s_after_warmup'] or 0:,.0f} events/s offered, {run['read_per_s'] or 0:,.0f}/s read "
+        f"({run['unread_at_producer_end']:,} unread at the end); {run['active_players_mid_run']:,} active; "
+        f"peak RSS {_memory(run)}; {run['dynamodb_writes_per_min'] or 0:,.0f} DynamoDB writes/min; "
+        f"{cpu_ms:.1f} ms CPU per event; bottleneck {b.get('stage', '?').split('+')[:3]} "
+        f"busy {b.get('busy_per_wall') or 0:.1f}x wall, {100 * (b.get('state_blocked_share') or 0):.0f}% "
+        f"blocked on state calls",
+        "its peers in this run",
+        f"{run['read_per_s'] or 0:,.0f}/s",
+        "(compare)",
+        None,
+        _check(run["check"]),
+    )
+
+
+def catchup_row(run: dict) -> tuple:
+    ratio = run["vs_plain_read"]
+    return (
+        f"5 catch-up ({run['engine']}{'+' + '+'.join(run['experiments']) if run['experiments'] else ''}, "
+        f"{run['events']:,} events, {run['shards']} shards)",
+        f"{run['pipeline_per_s'] or 0:,.0f} events/s ({_s(run['catch_up_secs'])} from first read to last "
+        f"value written; start-up {_s(run['startup_secs'])}; {1000 * run['pipeline_cpu_secs'] / run['events']:.1f} "
+        f"ms CPU per event); bottleneck {run['bottleneck'].get('stage', '?').split('+')[:3]}, "
+        f"{100 * (run['bottleneck'].get('state_blocked_share') or 0):.0f}% blocked on state calls",
+        f"plain boto3 read {run['plain_read_per_s']:,.0f}/s",
+        "n/a" if ratio is None else f"{ratio:.2f}x",
+        ">= 0.5x",
+        ratio is not None and ratio >= 0.5,
+        _check(run["check"]),
+    )
 
 
 def rows(results: dict) -> list:
-    """(item, figure, compared with, ratio or value, target, met)."""
-    b, s, c, f, m, p = (
-        results.get(k) for k in ("bounded", "streaming", "dynamodb", "freshness", "memory", "parse")
-    )
+    """(item, figure, compared with, value, target, met, outputs)."""
     table = []
+    b, m, p = results.get("bounded"), results.get("memory"), results.get("parse")
     if b:
         table += [
             (
@@ -324,6 +257,7 @@ def rows(results: dict) -> list:
                 f"{b['vs_baseline']:.2f}x",
                 ">= 3x",
                 b["vs_baseline"] >= 3,
+                _check(b["check"]),
             ),
             (
                 "1 bounded throughput",
@@ -332,191 +266,166 @@ def rows(results: dict) -> list:
                 f"{b['vs_sdk_transform']:.2f}x",
                 ">= 0.5x",
                 b["vs_sdk_transform"] >= 0.5,
+                "(same run)",
             ),
         ]
-    if s:
-        table.append(
-            (
-                "2 streaming throughput",
-                f"{s['pipeline_events_per_s']:,.0f} events/s Kinesis->DynamoDB+snapshots ({s['events']:,} events; "
-                f"snapshots {'equal' if s['snapshots_equal_bounded_run'] else 'NOT equal'} to the bounded run's)",
-                f"plain boto3 read {s['plain_read_events_per_s']:,.0f}/s",
-                f"{s['vs_plain_read']:.2f}x",
-                ">= 0.7x",
-                s["vs_plain_read"] >= 0.7,
-            )
-        )
-    if c:
-        low, high = c["low"], c["high"]
+    if p:
         table += [
             (
-                "3 DynamoDB writes",
-                f"{high['writes_per_1000_events']:.1f} per 1000 events at {high['events_per_s']:,.0f} events/s",
-                f"{low['writes_per_1000_events']:.1f} at {low['events_per_s']:,.0f} events/s",
-                f"{high['writes_per_1000_events']:.1f}",
-                "<= 10",
-                high["writes_per_1000_events"] <= 10,
+                "2 parse",
+                f"{p['parse_lines_per_s']:,.0f} lines/s (ParseEnrichedEvents' DoFn)",
+                f"SDK transform {p['sdk_transform_lines_per_s']:,.0f}/s",
+                f"{p['vs_sdk_transform']:.2f}x",
+                "(compare)",
+                None,
+                "-",
             ),
             (
-                "3 DynamoDB writes/min",
-                f"{high['writes_per_minute']:,.0f}/min at {high['events_per_s']:,.0f} events/s",
-                f"{low['writes_per_minute']:,.0f}/min at {low['events_per_s']:,.0f} events/s "
-                f"({high['events_per_s'] / low['events_per_s']:.1f}x the events)",
-                f"{high['writes_per_minute'] / low['writes_per_minute']:.2f}x",
-                "far below 10x",
-                high["writes_per_minute"] / low["writes_per_minute"] <= 3,
-            ),
-        ]
-    if f:
-        ok_a = f["dynamodb_delay_p95_s"] is not None and f["dynamodb_delay_p95_s"] <= 20
-        ok_b = f["snapshot_after_window_end_p95_s"] is not None and f["snapshot_after_window_end_p95_s"] <= 15
-        table += [
-            (
-                "4 freshness DynamoDB",
-                f"p95 {_s(f['dynamodb_delay_p95_s'])} (p50 {_s(f['dynamodb_delay_p50_s'])}) from Kinesis "
-                f"arrival, {f['events_measured']} of {f['events_sent']} events; pipeline in "
-                f"{f['segments']} segments of p50 {_s(f['segment_seconds_p50'])} ({f['producer_seconds']:.0f} s live)",
-                "max_out_of_orderness 10 s + 10 s",
-                _s(f["dynamodb_delay_p95_s"]),
-                "<= 20 s",
-                ok_a,
-            ),
-            (
-                "4 freshness snapshots",
-                f"p95 {_s(f['snapshot_after_window_end_p95_s'])} (p50 "
-                f"{_s(f['snapshot_after_window_end_p95_s'] and f['snapshot_after_window_end_p50_s'])}) after "
-                f"window end, {f['windows_closed_while_source_ran']} windows",
-                "window end + 15 s",
-                _s(f["snapshot_after_window_end_p95_s"]),
-                "<= 15 s",
-                ok_b,
+                "2 parse dead letters",
+                f"{p['dead_letter_lines_per_s']:,.0f} bad lines/s",
+                f"good lines {p['parse_lines_per_s']:,.0f}/s",
+                f"{p['dead_letter_slowdown']:.2f}x slower",
+                "<= 2x",
+                p["dead_letter_slowdown"] <= 2,
+                "-",
             ),
         ]
     if m:
         table += [
             (
-                "5 state per player",
+                "3 state per player",
                 f"{m['state_bytes_per_player_mean']:.0f} B mean, {m['state_bytes_per_player_p99']:.0f} B p99 "
                 f"({m['players']:,} active players)",
                 "1 KiB",
                 f"{m['state_bytes_per_player_mean'] / 1024:.2f} KiB",
                 "<= 1 KiB",
                 m["state_bytes_per_player_p99"] <= 1024,
+                "-",
             ),
             (
-                "5 memory over a steady run",
+                "3 memory over a steady run",
                 f"RSS {m['rss_first_mib']:.0f} -> {m['rss_last_mib']:.0f} MiB over "
-                f"{m['steady_minutes']:.0f} min event time",
+                f"{m['steady_minutes']:.0f} min event time (a model of the tracker)",
                 "first sample after warm-up",
                 f"{m['rss_growth_fraction'] * 100:+.1f}%",
                 "flat",
                 abs(m["rss_growth_fraction"]) <= 0.05,
+                "-",
             ),
         ]
-    if p:
-        table += [
-            (
-                "6 parse",
-                f"{p['parse_lines_per_s']:,.0f} lines/s (ParseEnrichedEvents' DoFn)",
-                f"SDK transform {p['sdk_transform_lines_per_s']:,.0f}/s",
-                f"{p['vs_sdk_transform']:.2f}x",
-                "(compare)",
-                None,
-            ),
-            (
-                "6 parse dead letters",
-                f"{p['dead_letter_lines_per_s']:,.0f} bad lines/s",
-                f"good lines {p['parse_lines_per_s']:,.0f}/s",
-                f"{p['dead_letter_slowdown']:.2f}x slower",
-                "<= 2x",
-                p["dead_letter_slowdown"] <= 2,
-            ),
-        ]
+    live = results.get("live", [])
+    for run in live:
+        if run["engine"] in ("prism", "flink-p2"):
+            table += freshness_rows(run)
+    for run in results.get("catchup", []):
+        table.append(catchup_row(run))
+    for run in live:
+        table.append(scale_row(run))
+    for run in results.get("experiments", []):
+        table.append(catchup_row(run))
     return table
 
 
-def _s(value):
-    return "n/a" if value is None else f"{value:.1f} s"
-
-
 def print_table(table: list):
-    headers = ("item", "figure", "compared with (same run)", "ratio/value", "target", "met")
+    headers = ("item", "figure", "compared with (same run)", "value", "target", "met", "outputs")
     cells = [headers] + [
-        (a, b, c, d, e, "-" if ok is None else ("yes" if ok else "NO")) for a, b, c, d, e, ok in table
+        (a, b, c, d, e, "-" if ok is None else ("yes" if ok else "NO"), g) for a, b, c, d, e, ok, g in table
     ]
-    widths = [max(len(str(row[i])) for row in cells) for i in range(len(headers))]
     for n, row in enumerate(cells):
-        print(" | ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)))
+        print(" | ".join(str(v) for v in row))
         if n == 0:
-            print("-+-".join("-" * w for w in widths))
+            print("-" * 100)
 
 
 def main(argv=None):
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small inputs: check the harness only")
-    parser.add_argument("--only", default="", help="comma-separated items to run (bounded,streaming,...)")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small inputs: check the harness (a few minutes)")
+    size.add_argument(
+        "--full",
+        action="store_true",
+        help="the biggest points too: 100,000 players live, "
+        "100,000-event backlogs over 2 and 8 shards (about an hour)",
+    )
+    parser.add_argument("--only", default="", help="comma-separated items: parse,bounded,memory,live,catchup")
+    parser.add_argument("--experiments", action="store_true", help="measure bench.experiments' changes too")
     args = parser.parse_args(argv)
-    scale = 0.05 if args.quick else 1.0
+    mode = "quick" if args.quick else "full" if args.full else "default"
+    sizes = MODES[mode]
     only = set(filter(None, args.only.split(",")))
     wanted = lambda item: not only or item in only  # noqa: E731
     started = time.time()
-    results = {}
+    results = {"mode": mode}
     work = tempfile.mkdtemp(prefix="bench-")
     try:
         if wanted("parse"):
-            results["parse"] = parse.measure(lines=int(60_000 * scale) or 2000)
+            results["parse"] = parse.measure(lines=sizes["parse_lines"])
         if wanted("bounded"):
-            results["bounded"] = bounded_throughput(
-                work, players=max(100, int(5000 * scale)), duration_secs=1800
-            )
+            results["bounded"] = bounded_throughput(work, sizes["bounded_players"], duration_secs=1800)
         if wanted("memory"):
-            results["memory"] = memory.measure_in_child(players=max(1000, int(100_000 * scale)))
-        with MotoServer() as moto:
-            if wanted("streaming"):
-                results["streaming"] = streaming_throughput(
-                    moto, work, players=max(100, int(1000 * scale)), duration_secs=300
-                )
-            if wanted("dynamodb"):
-                results["dynamodb"] = dynamodb_cost(
-                    moto,
-                    work,
-                    [("low", max(60, int(3000 * scale))), ("high", max(600, int(30000 * scale)))],
-                    duration_secs=240,
-                )
-            if wanted("freshness"):
-                results["freshness"] = freshness(
-                    moto, work, players=max(100, int(600 * scale)), duration_secs=150
-                )
+            results["memory"] = memory.measure_in_child(players=sizes["memory_players"])
+        with MotoProcess() as moto:
+            if wanted("live"):
+                results["live"] = []
+                for players in sizes["live_players"]:
+                    for engine in sizes["live_engines"]:
+                        name = f"live-{engine}-{players}"
+                        print(f"live: {name} ...", flush=True)
+                        results["live"].append(
+                            live_run(moto, work, name, engine, players, sizes["live_secs"])
+                        )
+            if wanted("catchup"):
+                results["catchup"] = []
+                for events, shards in sizes["catchup"]:
+                    for engine in sizes["catchup_engines"]:
+                        name = f"catchup-{engine}-{events}-{shards}"
+                        print(f"catch-up: {name} ...", flush=True)
+                        results["catchup"].append(catch_up(moto, work, name, engine, events, shards))
+            if args.experiments:
+                results["experiments"] = []
+                events = sizes["catchup"][0][0] // 2
+                for n, (engine, names) in enumerate(EXPERIMENT_SETS):
+                    name = f"experiment-{n}-{engine}"
+                    print(f"experiment: {name} {names} ...", flush=True)
+                    results["experiments"].append(catch_up(moto, work, name, engine, events, 2, names))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     table = rows(results)
     print_table(table)
     elapsed = time.time() - started
+    load = os.getloadavg()
     print(
-        f"\nbench took {elapsed:.0f} s on {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
+        f"\nbench ({mode}) took {elapsed:.0f} s on {os.cpu_count()} cores "
+        f"({platform.processor() or platform.machine()}); load average at the end {load[0]:.1f}"
     )
     document = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "quick": args.quick,
+        "mode": mode,
         "seconds": elapsed,
+        "load_average_at_end": load,
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
         },
         "table": [
-            dict(zip(("item", "figure", "compared_with", "value", "target", "met"), row, strict=True))
+            dict(
+                zip(
+                    ("item", "figure", "compared_with", "value", "target", "met", "outputs"), row, strict=True
+                )
+            )
             for row in table
         ],
         "results": results,
     }
     os.makedirs(RESULTS, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for name in (f"{stamp}{'-quick' if args.quick else ''}.json", "latest.json"):
+    names = [f"{stamp}-{mode}.json"] + (["latest.json"] if mode != "quick" else [])
+    for name in names:
         with open(os.path.join(RESULTS, name), "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2, default=str)
-    print(f"written to bench/results/{stamp}.json and bench/results/latest.json")
+            json.dump(document, handle, indent=1, default=str)
+    print(f"written to {', '.join('bench/results/' + n for n in names)}")
 
 
 if __name__ == "__main__":

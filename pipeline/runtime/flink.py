@@ -101,6 +101,19 @@ class FlinkCheckpointOptions(PipelineOptions):
             help="Let Flink finish a streaming job this long after its sources went idle; checkpoints "
             "stop then. Default with checkpointing: never (the job runs until cancelled).",
         )
+        bundles = parser.add_argument_group("Flink bundles")
+        bundles.add_argument(
+            "--max_bundle_size",
+            type=int,
+            default=None,
+            help="Elements per bundle of a Python step at most. Default: Flink runner's (1000).",
+        )
+        bundles.add_argument(
+            "--max_bundle_time_mills",
+            type=int,
+            default=None,
+            help="Milliseconds a bundle of a Python step stays open at most. Default: Flink runner's (1000).",
+        )
         group.add_argument(
             "--number_of_execution_retries",
             type=int,
