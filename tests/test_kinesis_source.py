@@ -21,6 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 
 from pipeline.rules.observations import LATE, printable
+from pipeline.rules.positions import parse_initial_position
 from pipeline.runtime import metrics
 from pipeline.sources.kinesis import (
     KinesisRestriction,
@@ -34,7 +35,6 @@ from pipeline.sources.kinesis import (
     child_shard_ids,
     has_successor,
     lateness_bound_ms,
-    parse_initial_position,
     place_record,
     restriction_watermark_ms,
     root_shard_ids,

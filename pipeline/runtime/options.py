@@ -3,8 +3,8 @@
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline.rules.observations import DEFAULT_EVENT_TIME_FIELD, EVENT_TIME_FIELDS
+from pipeline.rules.positions import parse_initial_position
 from pipeline.rules.tables import LEVEL_TABLE, PROGRESS_TABLE, TRANSITIONS_TABLE
-from pipeline.sources.kinesis import parse_initial_position
 
 
 class LevelAnalyticsOptions(PipelineOptions):

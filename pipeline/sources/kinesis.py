@@ -111,15 +111,19 @@ from pipeline.rules.observations import (
     dead_letter,
     line_event_time_ms,
 )
+from pipeline.rules.positions import (
+    AT_TIMESTAMP,
+    LATEST,
+    TRIM_HORIZON,
+    InitialPosition,
+    parse_initial_position,
+)
 from pipeline.rules.times import epoch_ms
 from pipeline.runtime import metrics
 from pipeline.runtime.timestamps import ms_to_timestamp
 
 _LOG = logging.getLogger(__name__)
 
-TRIM_HORIZON = "TRIM_HORIZON"
-LATEST = "LATEST"
-AT_TIMESTAMP = "AT_TIMESTAMP"
 AFTER_SEQUENCE_NUMBER = "AFTER_SEQUENCE_NUMBER"
 
 MIN_POLL_INTERVAL_SECS = 0.2  # Kinesis allows 5 GetRecords calls per second per shard
@@ -133,35 +137,6 @@ NOT_FOUND = "ResourceNotFoundException"
 
 
 # --- Positions -------------------------------------------------------------------------
-
-
-class InitialPosition(NamedTuple):
-    kind: str  # LATEST, TRIM_HORIZON or AT_TIMESTAMP
-    timestamp_ms: int | None = None
-
-
-def parse_initial_position(text: str) -> InitialPosition:
-    """'LATEST', 'TRIM_HORIZON' or 'AT_TIMESTAMP:<ISO 8601>' (naive means UTC)."""
-    value = (text or "").strip()
-    if value.upper() in (LATEST, TRIM_HORIZON):
-        return InitialPosition(value.upper())
-    prefix = AT_TIMESTAMP + ":"
-    if value.upper().startswith(prefix):
-        moment_text = value[len(prefix) :].strip()
-        try:
-            moment = datetime.fromisoformat(moment_text)
-        except ValueError:
-            raise ValueError(
-                f"initial position {text!r}: {moment_text!r} is not an ISO 8601 time, "
-                "e.g. AT_TIMESTAMP:2026-11-27T14:00:00Z"
-            ) from None
-        if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
-        return InitialPosition(AT_TIMESTAMP, int(moment.timestamp() * 1000))
-    raise ValueError(
-        f"initial position {text!r} is not one of LATEST, TRIM_HORIZON or "
-        "AT_TIMESTAMP:<ISO 8601 time> (e.g. AT_TIMESTAMP:2026-11-27T14:00:00Z)"
-    )
 
 
 def start_position(initial: InitialPosition, now_ms: int) -> str:
