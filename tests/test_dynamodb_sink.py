@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError, ConnectionClosedError
 from pipeline.rules.ledger import Checkpoint, CounterUpdate, coalesce_updates, values_in
 from pipeline.rules.tables import PIPELINE_NAME
 from pipeline.runtime.timestamps import timestamp_to_ms
-from pipeline.sinks.commit import CommitCheckpoints, commit_ms, due_and_later
+from pipeline.sinks.commit import CommitCheckpoints, Pending, commit_ms, due_and_later
 from pipeline.sinks.dynamodb import (
     SPLIT_NOTE,
     CheckpointUnreadable,
@@ -167,10 +167,14 @@ def test_an_older_checkpoint_never_replaces_a_newer_one(tables):
 
 def test_a_checkpoint_is_due_only_once_its_instant_is_passed():
     """Outputs timestamped at the instant itself must be done first: due at instant + 1 ms."""
-    assert due_and_later([CHECKPOINT_1, CHECKPOINT_2], 60_000) == (None, [CHECKPOINT_1, CHECKPOINT_2])
-    assert commit_ms(CHECKPOINT_1) == 60_001
-    assert due_and_later([CHECKPOINT_1, CHECKPOINT_2], 60_001) == (CHECKPOINT_1, [CHECKPOINT_2])
-    assert due_and_later([CHECKPOINT_2, CHECKPOINT_1], 10**9) == (CHECKPOINT_2, [])
+    first, second = Pending(60_000, CHECKPOINT_1), Pending(120_000, CHECKPOINT_2)
+    assert due_and_later([first, second], 60_000) == (None, [first, second])
+    assert commit_ms(first) == 60_001
+    assert due_and_later([first, second], 60_001) == (CHECKPOINT_1, [second])
+    assert due_and_later([second, first], 10**9) == (CHECKPOINT_2, [])
+    # Stamped at a later wake (catching up): due only once the writers passed that time.
+    late = Pending(75_000, CHECKPOINT_1)
+    assert due_and_later([late], 60_001) == (None, [late])
 
 
 class LostResponseClientFactory:

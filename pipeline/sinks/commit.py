@@ -11,6 +11,12 @@ step reads all of them: its input watermark passes C only once every writer has
 finished everything timestamped at or before C. Its timer, set at C + 1 ms (timers
 carry milliseconds), fires then, and only then is C written.
 
+"C" above is the checkpoint's timestamp, not always its instant: a wake of the ledger
+that closes several instants at once (catching up) stamps everything it emits at the
+wake's own time W >= C (pipeline.transforms.keep_ledger), because only W is held back by
+its timer; so the commit waits for every writer to pass W, which covers all the wake's
+outputs up to C and perhaps a few after it (harmless: it only waits longer).
+
 Checkpoints that pile up behind a slow writer are coalesced: when the timer fires, the
 newest checkpoint it covers is written and the older ones are dropped (C is all a
 restart needs). The write is conditional on asOf like every other, so an older
@@ -24,6 +30,8 @@ written again by a restart from C (the argument in full: pipeline.sinks.dynamodb
 _WriteCounterUpdatesFn).
 """
 
+from typing import NamedTuple
+
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.transforms import window
@@ -35,19 +43,26 @@ from pipeline.aws import RETRY_FOR_SECS
 from pipeline.rules.ledger import Checkpoint
 from pipeline.rules.tables import PIPELINE_NAME
 from pipeline.runtime import metrics
-from pipeline.runtime.timestamps import ms_to_timestamp
+from pipeline.runtime.timestamps import ms_to_timestamp, timestamp_to_ms
 from pipeline.sinks.dynamodb import count_outcome, dynamodb_client_factory, write_checkpoint
 
 
-def commit_ms(checkpoint: Checkpoint) -> int:
-    """Just after the checkpoint's instant: outputs stamped at the instant itself are done."""
-    return checkpoint.as_of_ms + 1
+class Pending(NamedTuple):
+    """A checkpoint waiting to be written, with the timestamp it came with."""
+
+    stamped_ms: int
+    checkpoint: Checkpoint
+
+
+def commit_ms(pending: Pending) -> int:
+    """Just after the checkpoint's timestamp: outputs stamped at that time are done."""
+    return pending.stamped_ms + 1
 
 
 def due_and_later(pending: list, fired_at_ms: int) -> tuple:
-    """(the newest checkpoint due by `fired_at_ms` or None, the checkpoints not due yet)."""
-    due = [c for c in pending if commit_ms(c) <= fired_at_ms]
-    later = [c for c in pending if commit_ms(c) > fired_at_ms]
+    """(the newest checkpoint due by `fired_at_ms` or None, the Pending not due yet)."""
+    due = [p.checkpoint for p in pending if commit_ms(p) <= fired_at_ms]
+    later = [p for p in pending if commit_ms(p) > fired_at_ms]
     newest = max(due, key=lambda c: c.as_of_ms, default=None)
     return newest, later
 
@@ -78,14 +93,16 @@ class _CommitFn(beam.DoFn):
     def process(
         self,
         element,
+        timestamp=beam.DoFn.TimestampParam,
         pending=beam.DoFn.StateParam(PENDING),
         commit=beam.DoFn.TimerParam(COMMIT),
     ):
         _, checkpoint = element
+        waiting = Pending(timestamp_to_ms(timestamp), checkpoint)
         held = list(pending.read())
-        pending.add(checkpoint)
-        if not held or commit_ms(checkpoint) < min(commit_ms(c) for c in held):
-            commit.set(ms_to_timestamp(commit_ms(checkpoint)))
+        pending.add(waiting)
+        if not held or commit_ms(waiting) < min(commit_ms(p) for p in held):
+            commit.set(ms_to_timestamp(commit_ms(waiting)))
 
     @on_timer(COMMIT)
     def on_commit(
@@ -103,10 +120,10 @@ class _CommitFn(beam.DoFn):
             self._checkpoints.inc()
             self._committed.set(newest.as_of_ms)
         pending.clear()
-        for checkpoint in later:
-            pending.add(checkpoint)
+        for waiting in later:
+            pending.add(waiting)
         if later:
-            commit.set(ms_to_timestamp(min(commit_ms(c) for c in later)))
+            commit.set(ms_to_timestamp(min(commit_ms(p) for p in later)))
 
 
 class CommitCheckpoints(beam.PTransform):

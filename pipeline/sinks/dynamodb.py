@@ -148,19 +148,20 @@ class _WriteCounterUpdatesFn(beam.DoFn):
     safe for the same reason.
 
     The checkpoint is not written here but by CommitCheckpoints, once the watermark
-    shows every update up to its instant written (pipeline.sinks.commit): each
-    CounterUpdate is yielded after its items are written, with its own timestamp, its
-    instant.
+    shows every update up to its timestamp written (pipeline.sinks.commit): each
+    CounterUpdate is yielded after its items are written, with its own timestamp (its
+    instant, or the ledger's wake when that is later).
 
-    Why coalesced updates keep that order: catching up, one wake of the ledger closes
-    many instants and each key comes once, with its latest value, in the CounterUpdate
-    of the instant t of its last change in the wake (`coalesce_updates`), stamped t.
-    Take the checkpoint C of that wake (its latest window end) and a key whose last
-    change was at t. If t <= C, its write is stamped t <= C, so C is committed only
-    after it, and the value written is the key's value at C too (the key did not change
-    between t and the end of the wake). If t > C, C may be committed before the write
-    lands; a restart from C then closes the instants after C again from the same sums,
-    so the key changes at t again and is written again once t is closed (a value the
+    Why coalesced updates keep that order: catching up, one wake of the ledger (its
+    timer at W) closes many instants and each key comes once, with its latest value, in
+    the CounterUpdate of the instant t of its last change in the wake
+    (`coalesce_updates`), as of t and stamped W, like the wake's checkpoint C (its
+    latest window end). Take a key whose last change was at t. If t <= C, its write is
+    stamped W like C, so C is committed only after it, and the value written is the
+    key's value at C too (the key did not change between t and the end of the wake).
+    If t > C, C may be committed before a later wake's write lands; a restart from C
+    then closes the instants after C again from the same sums, so the key changes at t
+    again and is written again once t is closed (a value the
     first run wrote meanwhile refuses older ones by its asOf). Either way nothing the
     checkpoint covers is lost, and the asOf condition keeps every write effectively
     once and never older than what a reader has seen. The values in between (as of

@@ -78,22 +78,30 @@ class _EmitStepsFn(beam.DoFn):
             return Ledger.resume_from(self._resume_from, self._update_ms)
         return Ledger()
 
-    def _outputs(self, step: LedgerStep):
+    def _outputs(self, step: LedgerStep, woken_at_ms: int | None = None):
+        """The step's outputs, each timestamped at its instant, or at `woken_at_ms` (the
+        timer's time) when that is later: a timer holds the watermark at its own time
+        only, so an output stamped before it could already be behind the watermark
+        downstream, and the commit's barrier (pipeline.sinks.commit) would not wait for
+        it. Live, one instant per wake, the two are the same."""
+
+        def stamp(instant_ms):
+            return ms_to_timestamp(instant_ms if woken_at_ms is None else max(instant_ms, woken_at_ms))
+
         self._already_applied.inc(len(step.already_applied))
         updates = coalesce_updates(step.updates)
         self._coalesced.inc(values_in(step.updates) - values_in(updates))
         for update in updates:
             self._updates.inc()
             yield pvalue.TaggedOutput(
-                KeepLedger.UPDATES, window.TimestampedValue(update, ms_to_timestamp(update.as_of_ms))
+                KeepLedger.UPDATES, window.TimestampedValue(update, stamp(update.as_of_ms))
             )
         for snapshot in step.snapshots:
             self._snapshots.inc()
-            yield window.TimestampedValue(snapshot, ms_to_timestamp(snapshot.window_end_ms))
+            yield window.TimestampedValue(snapshot, stamp(snapshot.window_end_ms))
         for checkpoint in step.checkpoints:
             yield pvalue.TaggedOutput(
-                KeepLedger.CHECKPOINTS,
-                window.TimestampedValue(checkpoint, ms_to_timestamp(checkpoint.as_of_ms)),
+                KeepLedger.CHECKPOINTS, window.TimestampedValue(checkpoint, stamp(checkpoint.as_of_ms))
             )
         if step.ledger.next_instant_ms is not None:
             self._closed_until.set(step.ledger.next_instant_ms - self._update_ms)
@@ -179,7 +187,7 @@ class _LedgerFn(_EmitStepsFn):
             self._update_ms,
             self._window_ms,
         )
-        yield from self._outputs(step)
+        yield from self._outputs(step, timestamp_to_ms(fired_at))
         pending.clear()
         for interval_sum in step.later:
             pending.add(interval_sum)
