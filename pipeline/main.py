@@ -216,7 +216,12 @@ def _status_writer(snapshot_path: str | None):
 def _committed_ms(opts) -> int | None:
     if not opts.write_dynamodb:
         return None
-    checkpoint = read_checkpoint(default_client(opts.aws_region, opts.aws_endpoint_url), opts.progress_table)
+    try:
+        client = default_client(opts.aws_region, opts.aws_endpoint_url)
+        checkpoint = read_checkpoint(client, opts.progress_table)
+    except Exception as error:  # noqa: BLE001 - the closing summary only; the run itself is done
+        _LOG.warning("the committed checkpoint could not be read for the summary: %s", error)
+        return None
     return None if checkpoint is None else checkpoint.as_of_ms
 
 
