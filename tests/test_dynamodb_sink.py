@@ -469,6 +469,7 @@ def many_pairs_stream(players=8000, levels=1000, seed=8):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two runs over 16,000 events on Prism: about 10 minutes on 2 cores
 def test_a_restart_from_a_checkpoint_in_parts_gives_the_model(moto_endpoint, tmp_path):
     """Killed (SIGKILL) once it has committed a checkpoint too big for one item, then run
     again with the same flags: the tables and the history equal the model's."""
