@@ -59,7 +59,7 @@ format: $(STAMP) ## ruff: fix formatting
 	$(PY) -m ruff format pipeline tests bench
 	$(PY) -m ruff check --fix pipeline tests bench
 
-bench: install flink-jar ## benchmarks, each figure beside its comparison (~40 min); JSON in bench/results/
+bench: install flink-jar ## benchmarks, each figure beside its comparison (~30 min on 2 cores); JSON in bench/results/
 	FLINK_JOB_SERVER_JAR=$(FLINK_JAR) PRISM_LOCATION=$(PRISM) $(PY) -m bench.run
 	PRISM_LOCATION=$(PRISM) $(PY) -m bench.backfill
 
