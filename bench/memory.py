@@ -1,7 +1,7 @@
 """Bench item 5: state per active player, and resident memory over a steady run.
 
 What the streaming tracker keeps per player is what `_TrackPlayerFn` writes to its
-state cells, encoded with their coders, as the runner stores it (bytes per cell).
+state cell, encoded with its coder, as the runner stores it.
 The steady run drives the tracker's own rules (PlayerTimeline accept/advance, the
 same calls the DoFn makes) for N players who all stay active throughout (each
 observed every 8 s on average, moving on a level now and then; nobody leaves, so the
@@ -38,9 +38,8 @@ def rss_mib() -> float:
 def steady_run(players: int, warmup_minutes: float, steady_minutes: float, seed: int = 9) -> dict:
     rng = random.Random(seed)
     levels = campaign_levels()
-    timeline_coder = _TrackPlayerFn.TIMELINE.coder
-    pending_coder = _TrackPlayerFn.PENDING.coder
-    store = {}  # player -> (encoded timeline, [encoded pending...]): the runner's state, per key
+    coder = _TrackPlayerFn.PLAYER.coder
+    store = {}  # player -> encoded (timeline, pending): the runner's state, per key
     wake = {}  # player -> the instant their timer is set to (one timer per player, as in Beam)
     due_at = {}  # second -> players whose timer is set within it
     arrivals = []  # heap of (event time, player, level index): the next observation of each player
@@ -55,7 +54,7 @@ def steady_run(players: int, warmup_minutes: float, steady_minutes: float, seed:
 
     for n in range(players):
         heapq.heappush(arrivals, (t0 + rng.randrange(MEAN_GAP_MS), f"p{n:06d}", 0))
-    samples, sizes = [], []
+    samples = []
     end_ms = t0 + int((warmup_minutes + steady_minutes) * 60_000)
     now = t0
     while now < end_ms:
@@ -64,11 +63,9 @@ def steady_run(players: int, warmup_minutes: float, steady_minutes: float, seed:
         while arrivals and arrivals[0][0] <= now:
             time_ms, player, level_index = heapq.heappop(arrivals)
             encoded = store.get(player)
-            timeline = timeline_coder.decode(encoded[0]) if encoded else PlayerTimeline()
-            pending = [pending_coder.decode(p) for p in encoded[1]] if encoded else []
+            timeline, pending = coder.decode(encoded) if encoded else (PlayerTimeline(), ())
             timeline, item = timeline.accept(time_ms, levels[level_index], (f"e{time_ms}{player}", 0))
-            pending.append(item)
-            store[player] = (timeline_coder.encode(timeline), [pending_coder.encode(p) for p in pending])
+            store[player] = coder.encode((timeline, (*pending, item)))
             set_timer(player, timeline.wake_at_ms(TIMEOUT_MS))
             if rng.random() < 0.15:
                 level_index = min(len(levels) - 1, level_index + 1)
@@ -80,18 +77,16 @@ def steady_run(players: int, warmup_minutes: float, steady_minutes: float, seed:
         while due_at.get(watermark // STEP_MS):  # a timer moved within this second fires too
             player = due_at[watermark // STEP_MS].pop()
             at = wake[player]
-            timeline = timeline_coder.decode(store[player][0])
-            pending = [pending_coder.decode(p) for p in store[player][1]]
-            timeline, _, later = timeline.advance(pending, at, TIMEOUT_MS)
+            timeline, pending = coder.decode(store[player])
+            timeline, _, later = timeline.advance(list(pending), at, TIMEOUT_MS)
             if timeline.is_done():
                 del store[player], wake[player]
                 continue
-            store[player] = (timeline_coder.encode(timeline), [pending_coder.encode(p) for p in later])
+            store[player] = coder.encode((timeline, tuple(later)))
             set_timer(player, timeline.wake_at_ms(TIMEOUT_MS))
         if (now - t0) % 10_000 == 0:
             samples.append(((now - t0) / 60_000, rss_mib(), len(store)))
-    for timeline, pending in store.values():
-        sizes.append(len(timeline) + sum(len(p) for p in pending))
+    sizes = [len(encoded) for encoded in store.values()]
     steady = [s for s in samples if s[0] >= warmup_minutes]
     first, last = steady[0][1], steady[-1][1]
     return {

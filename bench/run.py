@@ -80,11 +80,10 @@ MODES = {
 }
 EXPERIMENT_SETS = [
     ("prism", []),
-    ("prism", ["one_state_cell"]),
     ("prism", ["pipeline_state_commits"]),
     ("flink-p2", []),
     ("flink-p2", ["flink_state_cache"]),
-    ("flink-p2", ["flink_state_cache", "one_state_cell", "pipeline_state_commits"]),
+    ("flink-p2", ["flink_state_cache", "pipeline_state_commits"]),
 ]
 
 

@@ -16,13 +16,19 @@ from apache_beam.options.pipeline_options import (
     PortableOptions,
     PrismRunnerOptions,
     StandardOptions,
+    WorkerOptions,
 )
 
 from pipeline.apps.producer import put_records
 from pipeline.apps.simulator import SimulationSettings, simulate, write_lines
 from pipeline.main import parse_options
-from pipeline.runtime import engines
-from pipeline.runtime.engines import MULTI_PROCESS_FROM_BYTES, PRISM_EXPERIMENT, default_prism_location
+from pipeline.runtime import beam_patches, engines
+from pipeline.runtime.engines import (
+    MULTI_PROCESS_FROM_BYTES,
+    PRISM_EXPERIMENT,
+    PRISM_STATE_CACHE_MB,
+    default_prism_location,
+)
 from pipeline.testing.aws_server import REGION, make_stream
 from pipeline.testing.outputs import assert_history_equals_model, read_history, read_history_bytes
 from pipeline.testing.reference_model import model_transition_totals
@@ -66,6 +72,18 @@ def test_a_stream_on_prism_has_no_deadline_unless_one_is_given(prism_binary):
     assert parse_options(STREAM).view_as(PortableOptions).job_server_timeout >= 365 * 86400
     given = parse_options([*STREAM, "--job_server_timeout=120"])
     assert given.view_as(PortableOptions).job_server_timeout == 120
+
+
+def test_a_stream_on_prism_keeps_user_state_in_its_workers_cache(prism_binary):
+    """Prism gives no cache token: without the patch and a cache size, every bundle
+    would read every key's state again (pipeline/runtime/beam_patches.py, 3.)."""
+    assert parse_options(STREAM).view_as(WorkerOptions).max_cache_memory_usage_mb == PRISM_STATE_CACHE_MB
+    assert beam_patches._caching_on_prism == [True]
+    given = parse_options([*STREAM, "--max_cache_memory_usage_mb=32"])
+    assert given.view_as(WorkerOptions).max_cache_memory_usage_mb == 32
+    # A worker in another process would not have the patch: no cache set up for it.
+    elsewhere = parse_options([*STREAM, "--environment_type=PROCESS", "--environment_config={}"])
+    assert elsewhere.view_as(WorkerOptions).max_cache_memory_usage_mb == 0
 
 
 def bounded_engine(options):

@@ -1,4 +1,4 @@
-"""Two work-arounds for Beam's Python SDK, each guarded, logged and tested
+"""Four work-arounds for Beam's Python SDK, each guarded, logged and tested
 (tests/test_beam_patches.py).
 
 1. State-cache sizing (`size_state_cheaply`). Beam weighs every value it puts in its
@@ -16,12 +16,39 @@
    first answer of `metrics()` for good (PipelineResult.metrics in Beam's
    portable_runner.py), which suits a finished job, not one that runs forever; there is
    no public way to ask again, so the cache is dropped first.
+
+3. User state cached across bundles on Prism (`cache_state_on_prism`). The SDK harness
+   keeps user state between bundles only under a cache token from the runner, and Prism
+   sends none, so every bundle reads every key's state again over the wire: measured,
+   state calls took over 80% of the stream's busiest stage. On Prism a constant token is
+   sound, which it is not on every runner: Prism runs one SDK worker (LOOPBACK, in the
+   launching process), never gives one key to two bundles at once (its element
+   manager's in-progress keys), never retries a bundle (a failed bundle fails the job,
+   and the restart starts a fresh process and cache), and never changes user state
+   behind the worker's back (every stateful step here is in the global window, whose
+   state it never expires while the stream runs). A bundle that already has a user
+   state token (any other runner) is left as it is. With
+   --max_cache_memory_usage_mb (engines.choose_engine sets it for Prism), the state read
+   once stays in the cache, and writes go to both. Measured on a 15k-event backlog:
+   188 -> 283 events/s with the one-cell player state (README "Performance").
+
+4. State writes committed in one round (`commit_state_in_one_round`). At the end of a
+   bundle Beam's SDK harness commits each state cell in turn and waits for the runner's
+   answer before sending the next cell's writes: a bundle that touched 200 players waits
+   for 200 round trips one after another. This sends every cell's writes first, the
+   same requests in the same order on the same stream (so one cell's clear still comes
+   before its append, as in Beam's own commit, which already sends those two without
+   waiting between them), then waits for all the answers before the bundle ends.
+   Measured on a 15k-event backlog on Prism, with 3.: 317 -> 404 events/s. Any state
+   type other than a bag or a value over one (the two this pipeline uses) is committed
+   as Beam does it.
 """
 
 import logging
 
 import objsize
-from apache_beam.runners.worker import statecache
+from apache_beam.portability.api import beam_fn_api_pb2
+from apache_beam.runners.worker import bundle_processor, sdk_worker, statecache
 from apache_beam.version import __version__ as BEAM_VERSION
 
 _LOG = logging.getLogger(__name__)
@@ -37,6 +64,12 @@ def _deep_size_without_module_walk(*objs) -> int:
         filter_func=statecache._filter_func,
         exclude_modules_globals=False,
     )
+
+
+def tune_sdk_worker() -> None:
+    """The patches a stateful DoFn's setup() applies in its SDK worker (1. and 4.)."""
+    size_state_cheaply()
+    commit_state_in_one_round()
 
 
 def size_state_cheaply() -> bool:
@@ -63,3 +96,95 @@ def fresh_metrics(pipeline_result):
     if hasattr(pipeline_result, "_metrics"):
         pipeline_result._metrics = None
     return pipeline_result.metrics()
+
+
+# The token every Prism bundle's user state is cached under (see 3. above).
+PRISM_USER_STATE_TOKEN = beam_fn_api_pb2.ProcessBundleRequest.CacheToken(
+    user_state=beam_fn_api_pb2.ProcessBundleRequest.CacheToken.UserState(), token=b"prism-one-worker"
+)
+_caching_on_prism = []
+
+
+def with_user_state_token(cache_tokens) -> list:
+    """The bundle's cache tokens, with PRISM_USER_STATE_TOKEN when it has no user state token."""
+    tokens = list(cache_tokens)
+    if not any(token.HasField("user_state") for token in tokens):
+        tokens.append(PRISM_USER_STATE_TOKEN)
+    return tokens
+
+
+def cache_state_on_prism() -> bool:
+    """Idempotent; call in the process whose SDK worker runs Prism's bundles (LOOPBACK:
+    the launching one). Returns whether the patch is in place."""
+    if _caching_on_prism:
+        return _caching_on_prism[0]
+    handler = sdk_worker.GlobalCachingStateHandler
+    if not BEAM_VERSION.startswith(PATCHED_BEAM_VERSIONS) or not hasattr(handler, "process_instruction_id"):
+        _LOG.warning(
+            "Beam %s: user state not cached across bundles on Prism (patch checked for %s only); "
+            "streaming may be slower, see pipeline/runtime/beam_patches.py",
+            BEAM_VERSION,
+            ", ".join(v + "x" for v in PATCHED_BEAM_VERSIONS),
+        )
+        _caching_on_prism.append(False)
+        return False
+    original = handler.process_instruction_id
+
+    def process_instruction_id(self, bundle_id, cache_tokens):
+        return original(self, bundle_id, with_user_state_token(cache_tokens))
+
+    handler.process_instruction_id = process_instruction_id
+    _caching_on_prism.append(True)
+    _LOG.info("Beam %s: user state cached across bundles on Prism", BEAM_VERSION)
+    return True
+
+
+_one_round = []
+
+
+def send_state_writes(bag):
+    """What SynchronousBagRuntimeState.commit sends (a clear, then the added values), without
+    waiting: the future of the last request, or None when there is nothing to write."""
+    last = None
+    if bag._cleared:
+        last = bag._state_handler.clear(bag._state_key)
+    if bag._added_elements:
+        last = bag._state_handler.extend(bag._state_key, bag._value_coder.get_impl(), bag._added_elements)
+    return last
+
+
+def commit_all_then_wait(user_state_context) -> None:
+    """FnApiUserStateContext.commit, with every cell's writes sent before any is waited for."""
+    sent = []
+    for state in user_state_context._all_states.values():
+        bag = state
+        if type(state) is bundle_processor.ReadModifyWriteRuntimeState:
+            bag = state._underlying_bag_state
+        if type(bag) is bundle_processor.SynchronousBagRuntimeState:
+            last = send_state_writes(bag)
+            if last is not None:
+                sent.append(last)
+        else:
+            state.commit()  # any other kind of state, as Beam commits it
+    for last in sent:
+        last.get()
+
+
+def commit_state_in_one_round() -> bool:
+    """Idempotent. Returns whether the patch is in place (see 4. above)."""
+    if _one_round:
+        return _one_round[0]
+    context = getattr(bundle_processor, "FnApiUserStateContext", None)
+    if not BEAM_VERSION.startswith(PATCHED_BEAM_VERSIONS) or not hasattr(context, "commit"):
+        _LOG.warning(
+            "Beam %s: state writes committed one cell at a time (patch checked for %s only); "
+            "streaming may be slower, see pipeline/runtime/beam_patches.py",
+            BEAM_VERSION,
+            ", ".join(v + "x" for v in PATCHED_BEAM_VERSIONS),
+        )
+        _one_round.append(False)
+        return False
+    context.commit = commit_all_then_wait
+    _one_round.append(True)
+    _LOG.info("Beam %s: state writes committed in one round", BEAM_VERSION)
+    return True

@@ -3,7 +3,8 @@
 Engines:
 - Prism (`PrismRunner`, Beam's own local engine, the DirectRunner's default since 2.68)
   runs every stream: one pipeline, forever, with live watermarks. Always with the
-  experiment `prism_disable_sdf_split` (see PRISM_EXPERIMENT).
+  experiment `prism_disable_sdf_split` (see PRISM_EXPERIMENT), and with user state
+  cached across bundles in its SDK worker (keep_state_in_cache).
 - The FnApiRunner (Beam's batch engine) runs bounded replays of files, on every core:
   one worker process per core (BATCH_RUNNING_MODE), each reading and parsing its share of
   the files' chunks (pipeline.sources.files), the runner shuffling between them; an
@@ -33,9 +34,11 @@ from apache_beam.options.pipeline_options import (
     PortableOptions,
     PrismRunnerOptions,
     StandardOptions,
+    WorkerOptions,
 )
 from apache_beam.version import __version__ as BEAM_SDK_VERSION
 
+from pipeline.runtime import beam_patches
 from pipeline.runtime.options import LevelAnalyticsOptions
 
 _LOG = logging.getLogger(__name__)
@@ -64,6 +67,9 @@ NOT_LIVE_ENGINES = ("FnApiRunner", "BundleBasedDirectRunner")
 # runner-initiated split. tests/test_engines.py::test_dense_backlog_on_prism shows it.
 PRISM_EXPERIMENT = "prism_disable_sdf_split"
 PRISM_LOCATION_ENV = "PRISM_LOCATION"
+# The SDK worker's state cache on Prism: a player's state is about 260 bytes, the
+# ledger a few MB at 50k transition pairs; 256 MB holds a million players.
+PRISM_STATE_CACHE_MB = 256
 PRISM_PACKAGE = "github.com/apache/beam/sdks/v2/go/cmd/prism"
 
 
@@ -130,6 +136,20 @@ def choose_engine(options: PipelineOptions, streaming: bool) -> None:
         # --job_server_timeout (300 s by default): a run longer than that would end with
         # DEADLINE_EXCEEDED. A stream runs until it is stopped.
         options.view_as(PortableOptions).job_server_timeout = RUN_FOREVER_SECS
+    keep_state_in_cache(options)
+
+
+def keep_state_in_cache(options: PipelineOptions) -> None:
+    """Prism: user state cached across bundles in its SDK worker (beam_patches, 3.), with
+    a cache of PRISM_STATE_CACHE_MB unless --max_cache_memory_usage_mb is given. Only for
+    the worker this process runs (LOOPBACK, Prism's default): one in another process
+    would not have the patch, and without it caches nothing, which is slower, not wrong."""
+    environment = options.view_as(PortableOptions).environment_type
+    if environment not in (None, "", "LOOPBACK"):
+        return
+    if "max_cache_memory_usage_mb" not in options.get_all_options(drop_default=True):
+        options.view_as(WorkerOptions).max_cache_memory_usage_mb = PRISM_STATE_CACHE_MB
+    beam_patches.cache_state_on_prism()
 
 
 def cores() -> int:

@@ -26,7 +26,7 @@ from pipeline.rules.ledger import (
     wake_for_sum_ms,
 )
 from pipeline.runtime import metrics
-from pipeline.runtime.beam_patches import size_state_cheaply
+from pipeline.runtime.beam_patches import tune_sdk_worker
 from pipeline.runtime.timestamps import ms_to_timestamp, timestamp_to_ms
 
 _LOG = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ class _LedgerFn(_EmitStepsFn):
     CLOSE = TimerSpec("close", TimeDomain.WATERMARK)
 
     def setup(self):
-        size_state_cheaply()
+        tune_sdk_worker()
 
     def _read(self, ledger_state) -> Ledger:
         stored = ledger_state.read()

@@ -5,14 +5,14 @@ from apache_beam import pvalue
 from apache_beam.coders import PickleCoder
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.typehints import KV, Tuple
 
 from pipeline.rules.observations import LATE, DeadLetter, Observation
 from pipeline.rules.player_state import PlayerTimeline, replay_all
 from pipeline.runtime import metrics
-from pipeline.runtime.beam_patches import size_state_cheaply
+from pipeline.runtime.beam_patches import tune_sdk_worker
 from pipeline.runtime.timestamps import ms_to_timestamp, timestamp_to_ms
 
 
@@ -27,8 +27,10 @@ class _TrackPlayerFn(beam.DoFn):
     State is cleared when the player has left and nothing is pending.
     """
 
-    TIMELINE = ReadModifyWriteStateSpec("timeline", PickleCoder())
-    PENDING = BagStateSpec("pending", PickleCoder())
+    # One cell per player: (PlayerTimeline, tuple of pending observations). One read and
+    # one write per player and bundle; two cells cost twice the state calls, and state
+    # calls are what a stream's throughput is spent on (README "Performance").
+    PLAYER = ReadModifyWriteStateSpec("player", PickleCoder())
     WAKE = TimerSpec("wake", TimeDomain.WATERMARK)
 
     def __init__(self, timeout_ms: int):
@@ -38,17 +40,16 @@ class _TrackPlayerFn(beam.DoFn):
         self._timeouts = metrics.counter("player_timeouts")
 
     def setup(self):
-        size_state_cheaply()
+        tune_sdk_worker()
 
     def process(
         self,
         element,
-        timeline_state=beam.DoFn.StateParam(TIMELINE),
-        pending_state=beam.DoFn.StateParam(PENDING),
+        player_state=beam.DoFn.StateParam(PLAYER),
         wake=beam.DoFn.TimerParam(WAKE),
     ):
         _, observation = element
-        timeline = timeline_state.read() or PlayerTimeline()
+        timeline, pending = player_state.read() or (PlayerTimeline(), ())
         if timeline.is_late(observation.event_time_ms):
             self._late.inc()
             yield pvalue.TaggedOutput(
@@ -64,11 +65,10 @@ class _TrackPlayerFn(beam.DoFn):
             )
             return
         wake_before = timeline.wake_at_ms(self._timeout_ms)
-        timeline, pending = timeline.accept(
+        timeline, item = timeline.accept(
             observation.event_time_ms, observation.level, (observation.event_id, observation.index)
         )
-        pending_state.add(pending)
-        timeline_state.write(timeline)
+        player_state.write((timeline, (*pending, item)))
         # One timer per key: move it only when this observation is needed earlier.
         wake_ms = timeline.wake_at_ms(self._timeout_ms)
         if wake_ms != wake_before:
@@ -78,26 +78,22 @@ class _TrackPlayerFn(beam.DoFn):
     def on_wake(
         self,
         fired_at=beam.DoFn.TimestampParam,
-        timeline_state=beam.DoFn.StateParam(TIMELINE),
-        pending_state=beam.DoFn.StateParam(PENDING),
+        player_state=beam.DoFn.StateParam(PLAYER),
         wake=beam.DoFn.TimerParam(WAKE),
     ):
-        timeline = timeline_state.read() or PlayerTimeline()
+        timeline, pending = player_state.read() or (PlayerTimeline(), ())
         timeline, transitions, later = timeline.advance(
-            list(pending_state.read()), timestamp_to_ms(fired_at), self._timeout_ms
+            list(pending), timestamp_to_ms(fired_at), self._timeout_ms
         )
         for transition in transitions:
             self._transitions.inc()
             if not transition.to_level:
                 self._timeouts.inc()
             yield TimestampedValue(transition, ms_to_timestamp(transition.time_ms))
-        pending_state.clear()
         if timeline.is_done():
-            timeline_state.clear()  # the player left: nothing of them stays
+            player_state.clear()  # the player left: nothing of them stays
             return
-        for pending in later:
-            pending_state.add(pending)
-        timeline_state.write(timeline)
+        player_state.write((timeline, tuple(later)))
         wake.set(ms_to_timestamp(timeline.wake_at_ms(self._timeout_ms)))
 
 
