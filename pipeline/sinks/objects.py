@@ -23,14 +23,24 @@ def join_path(base: str, name: str) -> str:
 
 def write_object(path: str, body: bytes, retry_for_secs: float = RETRY_FOR_SECS) -> int:
     """Writes the object; returns how many retries it took."""
+    retries = put_object(path, body, retry_for_secs)
+    count_retries(retries)
+    return retries
+
+
+def put_object(path: str, body: bytes, retry_for_secs: float = RETRY_FOR_SECS) -> int:
+    """write_object without the metric, so it may run off the bundle's thread (Beam's
+    metrics belong to the thread running the bundle); the caller counts the retries."""
 
     def write():
         with FileSystems.create(path, mime_type="application/json") as handle:
             handle.write(body)
 
-    retries = call_with_retries(write, f"writing {path}", retry_for_secs)[1]
+    return call_with_retries(write, f"writing {path}", retry_for_secs)[1]
+
+
+def count_retries(retries: int) -> None:
     _RETRIES.inc(retries)
-    return retries
 
 
 def read_object(path: str, retry_for_secs: float = RETRY_FOR_SECS) -> bytes | None:

@@ -8,6 +8,7 @@
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
 
@@ -21,7 +22,7 @@ from pipeline.rules.snapshot_format import (
 )
 from pipeline.rules.times import parse_timestamp_ms
 from pipeline.runtime import metrics
-from pipeline.sinks.objects import join_path, read_object, write_object
+from pipeline.sinks.objects import count_retries, join_path, put_object, read_object, write_object
 
 _LOG = logging.getLogger(__name__)
 
@@ -33,19 +34,34 @@ def publish_snapshot(snapshot_path: str, window_secs: int, snapshot) -> int:
     (deterministic JSON, update_id derived from the window), so rewriting one writes
     the same bytes. The "latest" objects are only replaced by a window that is not
     older, so a replayed old window never moves them back in time.
+
+    The two history objects are written side by side while the current latest is read
+    (each a few S3 calls: one after another they took most of the time from a window's
+    end to its objects); the latest pair only after them, the levels object last, so
+    readers that poll it see a complete pair whose history is there.
     """
     levels_history, transitions_history = history_names(snapshot.window_end_ms)
-    puts = [
+    history = [
         (levels_history, level_information(snapshot, window_secs, history=True)),
         (transitions_history, transition_information(snapshot, window_secs, history=True)),
     ]
-    if _is_not_older_than_latest(snapshot_path, snapshot.window_end_ms):
-        # The levels object last: readers that poll it see a complete pair.
-        puts.append((TRANSITIONS_LATEST, transition_information(snapshot, window_secs)))
-        puts.append((LEVELS_LATEST, level_information(snapshot, window_secs)))
-    for name, body in puts:
-        write_object(join_path(snapshot_path, name), to_json_bytes(body))
-    return len(puts)
+    with ThreadPoolExecutor(len(history)) as pool:
+        writing = [
+            pool.submit(put_object, join_path(snapshot_path, name), to_json_bytes(body))
+            for name, body in history
+        ]
+        not_older = _is_not_older_than_latest(snapshot_path, snapshot.window_end_ms)
+        count_retries(sum(write.result() for write in writing))
+    if not not_older:
+        return len(history)
+    write_object(
+        join_path(snapshot_path, TRANSITIONS_LATEST),
+        to_json_bytes(transition_information(snapshot, window_secs)),
+    )
+    write_object(
+        join_path(snapshot_path, LEVELS_LATEST), to_json_bytes(level_information(snapshot, window_secs))
+    )
+    return len(history) + 2
 
 
 def _is_not_older_than_latest(snapshot_path: str, window_end_ms: int) -> bool:

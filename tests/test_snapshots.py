@@ -1,0 +1,71 @@
+"""Publishing a window's snapshot (pipeline.sinks.snapshots): its history pair always,
+the latest pair only when the window is not older than the latest, and in an order a
+polling reader can trust: the history first, then transitions, the levels object last."""
+
+import json
+import threading
+
+from pipeline.rules.snapshot_format import (
+    LEVELS_LATEST,
+    TRANSITIONS_LATEST,
+    Snapshot,
+    history_names,
+    level_information,
+    to_json_bytes,
+    transition_information,
+)
+from pipeline.sinks import objects, snapshots
+
+WINDOW_SECS = 10
+T0 = 1_795_000_000_000
+
+
+def window(end_ms: int, players: int) -> Snapshot:
+    return Snapshot(
+        end_ms - 10_000, end_ms, (("kithgard-gates", players),), (("(enter)/kithgard-gates", players),)
+    )
+
+
+def read(root, name) -> bytes:
+    return (root / name).read_bytes()
+
+
+def test_a_window_writes_its_history_pair_and_the_latest_pair(tmp_path):
+    newest = window(T0 + 20_000, 3)
+    assert snapshots.publish_snapshot(str(tmp_path), WINDOW_SECS, newest) == 4
+    levels_history, transitions_history = history_names(newest.window_end_ms)
+    assert read(tmp_path, levels_history) == to_json_bytes(
+        level_information(newest, WINDOW_SECS, history=True)
+    )
+    assert read(tmp_path, transitions_history) == to_json_bytes(
+        transition_information(newest, WINDOW_SECS, history=True)
+    )
+    assert read(tmp_path, LEVELS_LATEST) == to_json_bytes(level_information(newest, WINDOW_SECS))
+    assert read(tmp_path, TRANSITIONS_LATEST) == to_json_bytes(transition_information(newest, WINDOW_SECS))
+
+
+def test_an_older_window_published_later_writes_its_history_but_never_moves_the_latest_back(tmp_path):
+    snapshots.publish_snapshot(str(tmp_path), WINDOW_SECS, window(T0 + 20_000, 3))
+    latest = read(tmp_path, LEVELS_LATEST), read(tmp_path, TRANSITIONS_LATEST)
+    older = window(T0 + 10_000, 5)
+    assert snapshots.publish_snapshot(str(tmp_path), WINDOW_SECS, older) == 2
+    assert (read(tmp_path, LEVELS_LATEST), read(tmp_path, TRANSITIONS_LATEST)) == latest
+    assert json.loads(read(tmp_path, history_names(older.window_end_ms)[0]))["level_player_counts"]
+
+
+def test_the_history_is_written_before_the_latest_pair_and_the_levels_object_last(tmp_path, monkeypatch):
+    finished, lock = [], threading.Lock()
+    put = objects.put_object
+
+    def recording_put(path, body, *args):
+        retries = put(path, body, *args)
+        with lock:
+            finished.append(path.rsplit("/", 1)[-1])
+        return retries
+
+    monkeypatch.setattr(snapshots, "put_object", recording_put)
+    monkeypatch.setattr(objects, "put_object", recording_put)  # write_object's
+    snapshots.publish_snapshot(str(tmp_path), WINDOW_SECS, window(T0 + 20_000, 3))
+    names = [name.rsplit("/", 1)[-1] for name in history_names(T0 + 20_000)]
+    assert sorted(finished[:2]) == sorted(names)
+    assert finished[2:] == [TRANSITIONS_LATEST, LEVELS_LATEST]
