@@ -14,7 +14,12 @@ import time
 import apache_beam as beam
 import boto3
 import pytest
-from apache_beam.options.pipeline_options import FlinkRunnerOptions, PipelineOptions, PortableOptions
+from apache_beam.options.pipeline_options import (
+    FlinkRunnerOptions,
+    PipelineOptions,
+    PortableOptions,
+    WorkerOptions,
+)
 
 from pipeline.apps.producer import put_records
 from pipeline.apps.simulator import SimulationSettings, simulate, write_lines
@@ -232,6 +237,8 @@ def test_defaults_fill_the_jar_loopback_and_checkpoints_when_streaming(jar):
     checkpoints = options.view_as(runners.FlinkCheckpointOptions)
     assert checkpoints.checkpointing_interval == runners.DEFAULT_CHECKPOINTING_INTERVAL_MS
     assert checkpoints.finish_bundle_before_checkpointing is True
+    # Flink gives cache tokens: user state stays in the SDK harness's cache across bundles.
+    assert options.view_as(WorkerOptions).max_cache_memory_usage_mb == runners.FLINK_STATE_CACHE_MB
 
     assert checkpoints.shutdown_sources_after_idle_ms is None  # a live job runs until stopped
 

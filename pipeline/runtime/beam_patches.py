@@ -22,15 +22,19 @@
    sends none, so every bundle reads every key's state again over the wire: measured,
    state calls took over 80% of the stream's busiest stage. On Prism a constant token is
    sound, which it is not on every runner: Prism runs one SDK worker (LOOPBACK, in the
-   launching process), never gives one key to two bundles at once (its element
-   manager's in-progress keys), never retries a bundle (a failed bundle fails the job,
-   and the restart starts a fresh process and cache), and never changes user state
-   behind the worker's back (every stateful step here is in the global window, whose
-   state it never expires while the stream runs). A bundle that already has a user
-   state token (any other runner) is left as it is. With
-   --max_cache_memory_usage_mb (engines.choose_engine sets it for Prism), the state read
-   once stays in the cache, and writes go to both. Measured on a 15k-event backlog:
-   188 -> 283 events/s with the one-cell player state (README "Performance").
+   launching process); never gives one key to two bundles at once (its element
+   manager's in-progress keys), and never splits a bundle, which would free the
+   split-off keys early, with `prism_disable_sdf_split` (always set: engines.py applies
+   this patch only with it); never retries a bundle (a failed bundle fails the job, and
+   the restart starts a fresh process and cache); and never changes user state behind
+   the worker's back (every stateful step here is in the global window, whose state it
+   never expires while the stream runs). The cache hands the same object to every
+   bundle, so a value read from state is never changed in place (PlayerTimeline and the
+   ledger's parts are NamedTuples; advance_ledger copies before it changes anything).
+   A bundle that already has a user state token (any other runner) is left as it is.
+   With --max_cache_memory_usage_mb (engines.choose_engine sets it for Prism), the state
+   read once stays in the cache, and writes go to both. Measured on a 15k-event
+   backlog: 188 -> 283 events/s with the one-cell player state (README "Performance").
 
 4. State writes committed in one round (`commit_state_in_one_round`). At the end of a
    bundle Beam's SDK harness commits each state cell in turn and waits for the runner's

@@ -67,8 +67,9 @@ NOT_LIVE_ENGINES = ("FnApiRunner", "BundleBasedDirectRunner")
 # runner-initiated split. tests/test_engines.py::test_dense_backlog_on_prism shows it.
 PRISM_EXPERIMENT = "prism_disable_sdf_split"
 PRISM_LOCATION_ENV = "PRISM_LOCATION"
-# The SDK worker's state cache on Prism: a player's state is about 260 bytes, the
-# ledger a few MB at 50k transition pairs; 256 MB holds a million players.
+# The SDK worker's state cache on Prism. It weighs values as Python objects (a player's
+# state is about 260 bytes pickled, some kilobytes in memory; the ledger a few MB at 50k
+# transition pairs); past it, the least recent are evicted and read again: slower only.
 PRISM_STATE_CACHE_MB = 256
 PRISM_PACKAGE = "github.com/apache/beam/sdks/v2/go/cmd/prism"
 
@@ -147,6 +148,8 @@ def keep_state_in_cache(options: PipelineOptions) -> None:
     environment = options.view_as(PortableOptions).environment_type
     if environment not in (None, "", "LOOPBACK"):
         return
+    if not options.view_as(DebugOptions).lookup_experiment(PRISM_EXPERIMENT):
+        return  # a split bundle frees its keys early: the constant token would not be sound
     if "max_cache_memory_usage_mb" not in options.get_all_options(drop_default=True):
         options.view_as(WorkerOptions).max_cache_memory_usage_mb = PRISM_STATE_CACHE_MB
     beam_patches.cache_state_on_prism()

@@ -32,6 +32,7 @@ from apache_beam.options.pipeline_options import (
     PipelineOptions,
     PortableOptions,
     StandardOptions,
+    WorkerOptions,
 )
 
 from pipeline.runtime.engines import cache_dir, runner_name
@@ -52,6 +53,7 @@ JOB_SERVER_JAR_ENV = "FLINK_JOB_SERVER_JAR"
 LOCAL_MASTERS = ("[local]", "[auto]")  # Beam's names for "an embedded Flink in the job server"
 ENVIRONMENT_TYPES = ("LOOPBACK", "PROCESS", "EXTERNAL", "DOCKER")
 DEFAULT_CHECKPOINTING_INTERVAL_MS = 60_000
+FLINK_STATE_CACHE_MB = 256  # per SDK harness; as on Prism (pipeline.runtime.engines)
 MASTER_CONNECT_TIMEOUT_SECS = 3.0
 FINITE_RUN_SOURCE_SHUTDOWN_MS = 1000
 
@@ -315,7 +317,8 @@ def runner_option_errors(options: PipelineOptions) -> list:
 
 def apply_runner_defaults(options: PipelineOptions) -> None:
     """Fill what FlinkRunner needs and the user left out: the jar from `make flink-jar`,
-    the in-process SDK harness for an embedded Flink, and checkpoints when streaming.
+    the in-process SDK harness for an embedded Flink, and checkpoints and the SDK
+    harness's state cache when streaming.
     Call after runner_option_errors found nothing, and after `streaming` is set."""
     if not is_flink(options):
         return
@@ -332,6 +335,10 @@ def apply_runner_defaults(options: PipelineOptions) -> None:
         checkpoints.checkpointing_interval = DEFAULT_CHECKPOINTING_INTERVAL_MS
     if checkpoints.finish_bundle_before_checkpointing is None:
         checkpoints.finish_bundle_before_checkpointing = True
+    if "max_cache_memory_usage_mb" not in options.get_all_options(drop_default=True):
+        # Flink gives the SDK harness cache tokens, so user state read once stays cached
+        # across bundles (Beam's own design; off unless sized): no state read per bundle.
+        options.view_as(WorkerOptions).max_cache_memory_usage_mb = FLINK_STATE_CACHE_MB
     finite = options.view_as(LevelAnalyticsOptions).stop_when_idle_secs is not None
     if finite and checkpoints.shutdown_sources_after_idle_ms is None:
         # With checkpoints on, Beam's Flink runner keeps sources alive forever, so a run
