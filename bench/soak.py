@@ -99,6 +99,7 @@ class SteadyFeed:
         self.truth = {}  # (event_id, index) -> Observation, of the lines sent
         self.sent = 0
         self.malformed_sent = 0
+        self.malformed_sent_lines = []  # to name the missing ones, should any be
         self.bytes_sent = 0
         self.stopped = threading.Event()
         self.error = None
@@ -134,6 +135,7 @@ class SteadyFeed:
                         self.bytes_sent += len(line)
                         if line in self.emitter.malformed_lines:
                             self.malformed_sent += 1
+                            self.malformed_sent_lines.append(line)
                             self.emitter.malformed_lines.discard(line)
                         for observation in meant:
                             self.truth.setdefault((observation.event_id, observation.index), observation)
@@ -142,6 +144,26 @@ class SteadyFeed:
                 time.sleep(max(0.0, 0.2 - (time.time() * 1000 - now) / 1000))
         except Exception as error:  # noqa: BLE001 - reported by the main thread
             self.error = error
+
+
+def dead_letter_differences(run, malformed_lines) -> list:
+    """Which malformed lines sent have no dead letter, and which dead letters were not
+    expected (the first few of each, cut), to tell a loss from a wrong expectation."""
+    from pipeline.rules.observations import printable
+    from pipeline.testing.outputs import read_dead_letters
+
+    written = [
+        json.loads(line)
+        for lines in read_dead_letters(f"s3://{run.bucket}/dead-letters", run.client("s3")).values()
+        for line in lines
+    ]
+    sent = {printable(line): line for line in malformed_lines}
+    lines_written = {letter["line"] for letter in written}
+    missing = [line for text, line in sent.items() if text not in lines_written]
+    unexpected = [letter for letter in written if letter["line"] not in sent]
+    return [f"no dead letter for: {line[:400]!r}" for line in missing[:5]] + [
+        f"unexpected dead letter: {json.dumps(letter)[:400]}" for letter in unexpected[:5]
+    ]
 
 
 # --- Processes ------------------------------------------------------------------------------
@@ -415,6 +437,8 @@ def main(argv=None):
             run.stop()
         samples = sampler.samples
         problems = run.outputs_problems(list(feed.truth.values()), feed.malformed_sent)
+        if any(problem.startswith("dead letters") for problem in problems):
+            problems += dead_letter_differences(run, feed.malformed_sent_lines)
     result = {
         "minutes": args.minutes,
         "events_per_sec": feed.sent / (args.minutes * 60),
