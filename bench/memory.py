@@ -22,7 +22,7 @@ import sys
 from bench.common import ROOT, percentile
 from pipeline.apps.simulator import campaign_levels
 from pipeline.rules.player_state import PlayerTimeline
-from pipeline.transforms.track_players import _TrackPlayerFn
+from pipeline.transforms.track_players import _StoredPlayer, _TrackPlayerFn
 
 TIMEOUT_MS = 300_000
 MEAN_GAP_MS = 8_000
@@ -63,9 +63,9 @@ def steady_run(players: int, warmup_minutes: float, steady_minutes: float, seed:
         while arrivals and arrivals[0][0] <= now:
             time_ms, player, level_index = heapq.heappop(arrivals)
             encoded = store.get(player)
-            timeline, pending = coder.decode(encoded) if encoded else (PlayerTimeline(), ())
-            timeline, item = timeline.accept(time_ms, levels[level_index], (f"e{time_ms}{player}", 0))
-            store[player] = coder.encode((timeline, (*pending, item)))
+            stored = coder.decode(encoded) if encoded else _StoredPlayer(PlayerTimeline(), ())
+            timeline, item = stored.timeline.accept(time_ms, levels[level_index], (f"e{time_ms}{player}", 0))
+            store[player] = coder.encode(_StoredPlayer(timeline, (*stored.pending, item)))
             set_timer(player, timeline.wake_at_ms(TIMEOUT_MS))
             if rng.random() < 0.15:
                 level_index = min(len(levels) - 1, level_index + 1)
@@ -77,12 +77,12 @@ def steady_run(players: int, warmup_minutes: float, steady_minutes: float, seed:
         while due_at.get(watermark // STEP_MS):  # a timer moved within this second fires too
             player = due_at[watermark // STEP_MS].pop()
             at = wake[player]
-            timeline, pending = coder.decode(store[player])
-            timeline, _, later = timeline.advance(list(pending), at, TIMEOUT_MS)
+            stored = coder.decode(store[player])
+            timeline, _, later = stored.timeline.advance(list(stored.pending), at, TIMEOUT_MS)
             if timeline.is_done():
                 del store[player], wake[player]
                 continue
-            store[player] = coder.encode((timeline, tuple(later)))
+            store[player] = coder.encode(_StoredPlayer(timeline, tuple(later)))
             set_timer(player, timeline.wake_at_ms(TIMEOUT_MS))
         if (now - t0) % 10_000 == 0:
             samples.append(((now - t0) / 60_000, rss_mib(), len(store)))

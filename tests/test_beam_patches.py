@@ -1,6 +1,7 @@
 """The Beam work-arounds still fit the Beam they patch (pipeline/runtime/beam_patches.py)."""
 
 import contextlib
+import sys
 
 import objsize
 from apache_beam import coders
@@ -215,3 +216,20 @@ def test_state_writes_committed_in_one_round_send_what_beam_sends_then_wait():
         ("wait", ("clear", b"cy")),
         ("wait", ("append", b"di")),
     ]
+
+
+def test_a_players_state_is_weighed_by_its_estimate_and_pickles_back_whole():
+    """The state cache weighs a stored player without walking it (track_players._StoredPlayer)."""
+    from apache_beam.coders import PickleCoder
+
+    from pipeline.rules.player_state import Pending
+    from pipeline.transforms.track_players import _StoredPlayer
+
+    timeline = VALUES[2]
+    pending = tuple(Pending(1_795_000_000_000 + n, n, "a-level", (f"event-{n}", 0)) for n in range(3))
+    stored = _StoredPlayer(timeline, pending)
+    weight = _StoredPlayer.TIMELINE_BYTES + 3 * _StoredPlayer.PENDING_BYTES
+    assert statecache.get_deep_size(stored) == sys.getsizeof(stored)  # nothing walked
+    assert weight <= sys.getsizeof(stored) <= weight + 64  # the estimate, plus the object's header
+    again = PickleCoder().decode(PickleCoder().encode(stored))
+    assert (again.timeline, again.pending) == (timeline, pending)
