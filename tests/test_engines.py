@@ -26,7 +26,7 @@ from pipeline.runtime import beam_patches, engines
 from pipeline.runtime.engines import (
     MULTI_PROCESS_FROM_BYTES,
     PRISM_EXPERIMENT,
-    PRISM_STATE_CACHE_MB,
+    STATE_CACHE_MB,
     default_prism_location,
 )
 from pipeline.testing.aws_server import REGION, make_stream
@@ -77,7 +77,7 @@ def test_a_stream_on_prism_has_no_deadline_unless_one_is_given(prism_binary):
 def test_a_stream_on_prism_keeps_user_state_in_its_workers_cache(prism_binary):
     """Prism gives no cache token: without the patch and a cache size, every bundle
     would read every key's state again (pipeline/runtime/beam_patches.py, 3.)."""
-    assert parse_options(STREAM).view_as(WorkerOptions).max_cache_memory_usage_mb == PRISM_STATE_CACHE_MB
+    assert parse_options(STREAM).view_as(WorkerOptions).max_cache_memory_usage_mb == STATE_CACHE_MB
     assert beam_patches._caching_on_prism == [True]
     given = parse_options([*STREAM, "--max_cache_memory_usage_mb=32"])
     assert given.view_as(WorkerOptions).max_cache_memory_usage_mb == 32

@@ -25,6 +25,7 @@ from pipeline.apps.producer import put_records
 from pipeline.apps.simulator import SimulationSettings, simulate, write_lines
 from pipeline.main import build_pipeline, parse_options, run
 from pipeline.runtime import flink as runners
+from pipeline.runtime.engines import STATE_CACHE_MB
 from pipeline.testing.aws_server import free_port, make_stream
 from pipeline.testing.outputs import assert_history_equals_model, read_history
 from pipeline.testing.reference_model import model_transition_totals
@@ -238,7 +239,7 @@ def test_defaults_fill_the_jar_loopback_and_checkpoints_when_streaming(jar):
     assert checkpoints.checkpointing_interval == runners.DEFAULT_CHECKPOINTING_INTERVAL_MS
     assert checkpoints.finish_bundle_before_checkpointing is True
     # Flink gives cache tokens: user state stays in the SDK harness's cache across bundles.
-    assert options.view_as(WorkerOptions).max_cache_memory_usage_mb == runners.FLINK_STATE_CACHE_MB
+    assert options.view_as(WorkerOptions).max_cache_memory_usage_mb == STATE_CACHE_MB
 
     assert checkpoints.shutdown_sources_after_idle_ms is None  # a live job runs until stopped
 

@@ -76,23 +76,41 @@ def tune_sdk_worker() -> None:
     commit_state_in_one_round()
 
 
-def size_state_cheaply() -> bool:
-    """Idempotent. Returns whether the patch is in place."""
-    if _applied:
-        return _applied[0]
-    if not BEAM_VERSION.startswith(PATCHED_BEAM_VERSIONS):
+def _patch_once(done: list, fits: bool, apply, without: str, with_it: str) -> bool:
+    """Apply a patch once per process, only on the Beam versions it was checked against
+    and where what it replaces still exists (`fits`); log what the process runs with.
+    `done` remembers the outcome. Returns whether the patch is in place."""
+    if done:
+        return done[0]
+    if not (BEAM_VERSION.startswith(PATCHED_BEAM_VERSIONS) and fits):
         _LOG.warning(
-            "Beam %s: state-cache sizing left as Beam does it (patch checked for %s only); "
-            "streaming may be slower, see pipeline/runtime/beam_patches.py",
+            "Beam %s: %s (patch checked for %s only); streaming may be slower, "
+            "see pipeline/runtime/beam_patches.py",
             BEAM_VERSION,
+            without,
             ", ".join(v + "x" for v in PATCHED_BEAM_VERSIONS),
         )
-        _applied.append(False)
+        done.append(False)
         return False
-    statecache.get_deep_size = _deep_size_without_module_walk
-    _applied.append(True)
-    _LOG.info("Beam %s: state-cache sizing without objsize's module walk", BEAM_VERSION)
+    apply()
+    done.append(True)
+    _LOG.info("Beam %s: %s", BEAM_VERSION, with_it)
     return True
+
+
+def size_state_cheaply() -> bool:
+    """Idempotent. Returns whether the patch is in place."""
+
+    def apply():
+        statecache.get_deep_size = _deep_size_without_module_walk
+
+    return _patch_once(
+        _applied,
+        True,
+        apply,
+        "state-cache sizing left as Beam does it",
+        "state-cache sizing without objsize's module walk",
+    )
 
 
 def fresh_metrics(pipeline_result):
@@ -120,27 +138,23 @@ def with_user_state_token(cache_tokens) -> list:
 def cache_state_on_prism() -> bool:
     """Idempotent; call in the process whose SDK worker runs Prism's bundles (LOOPBACK:
     the launching one). Returns whether the patch is in place."""
-    if _caching_on_prism:
-        return _caching_on_prism[0]
     handler = sdk_worker.GlobalCachingStateHandler
-    if not BEAM_VERSION.startswith(PATCHED_BEAM_VERSIONS) or not hasattr(handler, "process_instruction_id"):
-        _LOG.warning(
-            "Beam %s: user state not cached across bundles on Prism (patch checked for %s only); "
-            "streaming may be slower, see pipeline/runtime/beam_patches.py",
-            BEAM_VERSION,
-            ", ".join(v + "x" for v in PATCHED_BEAM_VERSIONS),
-        )
-        _caching_on_prism.append(False)
-        return False
-    original = handler.process_instruction_id
 
-    def process_instruction_id(self, bundle_id, cache_tokens):
-        return original(self, bundle_id, with_user_state_token(cache_tokens))
+    def apply():
+        original = handler.process_instruction_id
 
-    handler.process_instruction_id = process_instruction_id
-    _caching_on_prism.append(True)
-    _LOG.info("Beam %s: user state cached across bundles on Prism", BEAM_VERSION)
-    return True
+        def process_instruction_id(self, bundle_id, cache_tokens):
+            return original(self, bundle_id, with_user_state_token(cache_tokens))
+
+        handler.process_instruction_id = process_instruction_id
+
+    return _patch_once(
+        _caching_on_prism,
+        hasattr(handler, "process_instruction_id"),
+        apply,
+        "user state not cached across bundles on Prism",
+        "user state cached across bundles on Prism",
+    )
 
 
 _one_round = []
@@ -176,19 +190,15 @@ def commit_all_then_wait(user_state_context) -> None:
 
 def commit_state_in_one_round() -> bool:
     """Idempotent. Returns whether the patch is in place (see 4. above)."""
-    if _one_round:
-        return _one_round[0]
     context = getattr(bundle_processor, "FnApiUserStateContext", None)
-    if not BEAM_VERSION.startswith(PATCHED_BEAM_VERSIONS) or not hasattr(context, "commit"):
-        _LOG.warning(
-            "Beam %s: state writes committed one cell at a time (patch checked for %s only); "
-            "streaming may be slower, see pipeline/runtime/beam_patches.py",
-            BEAM_VERSION,
-            ", ".join(v + "x" for v in PATCHED_BEAM_VERSIONS),
-        )
-        _one_round.append(False)
-        return False
-    context.commit = commit_all_then_wait
-    _one_round.append(True)
-    _LOG.info("Beam %s: state writes committed in one round", BEAM_VERSION)
-    return True
+
+    def apply():
+        context.commit = commit_all_then_wait
+
+    return _patch_once(
+        _one_round,
+        hasattr(context, "commit"),
+        apply,
+        "state writes committed one cell at a time",
+        "state writes committed in one round",
+    )

@@ -67,10 +67,11 @@ NOT_LIVE_ENGINES = ("FnApiRunner", "BundleBasedDirectRunner")
 # runner-initiated split. tests/test_engines.py::test_dense_backlog_on_prism shows it.
 PRISM_EXPERIMENT = "prism_disable_sdf_split"
 PRISM_LOCATION_ENV = "PRISM_LOCATION"
-# The SDK worker's state cache on Prism. It weighs values as Python objects (a player's
-# state is about 260 bytes pickled, some kilobytes in memory; the ledger a few MB at 50k
-# transition pairs); past it, the least recent are evicted and read again: slower only.
-PRISM_STATE_CACHE_MB = 256
+# The SDK worker's state cache on a stream (Prism, Flink). It weighs values as Python
+# objects (a player's state is about 300 bytes pickled, some kilobytes in memory; the
+# ledger a few MB at 50k transition pairs); past it, the least recent are evicted and
+# read again: slower only.
+STATE_CACHE_MB = 256
 PRISM_PACKAGE = "github.com/apache/beam/sdks/v2/go/cmd/prism"
 
 
@@ -142,7 +143,7 @@ def choose_engine(options: PipelineOptions, streaming: bool) -> None:
 
 def keep_state_in_cache(options: PipelineOptions) -> None:
     """Prism: user state cached across bundles in its SDK worker (beam_patches, 3.), with
-    a cache of PRISM_STATE_CACHE_MB unless --max_cache_memory_usage_mb is given. Only for
+    a cache of STATE_CACHE_MB unless --max_cache_memory_usage_mb is given. Only for
     the worker this process runs (LOOPBACK, Prism's default): one in another process
     would not have the patch, and without it caches nothing, which is slower, not wrong."""
     environment = options.view_as(PortableOptions).environment_type
@@ -150,9 +151,15 @@ def keep_state_in_cache(options: PipelineOptions) -> None:
         return
     if not options.view_as(DebugOptions).lookup_experiment(PRISM_EXPERIMENT):
         return  # a split bundle frees its keys early: the constant token would not be sound
-    if "max_cache_memory_usage_mb" not in options.get_all_options(drop_default=True):
-        options.view_as(WorkerOptions).max_cache_memory_usage_mb = PRISM_STATE_CACHE_MB
+    size_state_cache(options)
     beam_patches.cache_state_on_prism()
+
+
+def size_state_cache(options: PipelineOptions) -> None:
+    """The SDK worker's state cache: STATE_CACHE_MB unless --max_cache_memory_usage_mb
+    is given (Beam's default, 0, turns it off)."""
+    if "max_cache_memory_usage_mb" not in options.get_all_options(drop_default=True):
+        options.view_as(WorkerOptions).max_cache_memory_usage_mb = STATE_CACHE_MB
 
 
 def cores() -> int:

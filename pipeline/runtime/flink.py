@@ -32,10 +32,9 @@ from apache_beam.options.pipeline_options import (
     PipelineOptions,
     PortableOptions,
     StandardOptions,
-    WorkerOptions,
 )
 
-from pipeline.runtime.engines import cache_dir, runner_name
+from pipeline.runtime.engines import cache_dir, runner_name, size_state_cache
 from pipeline.runtime.options import LevelAnalyticsOptions
 
 _LOG = logging.getLogger(__name__)
@@ -53,7 +52,6 @@ JOB_SERVER_JAR_ENV = "FLINK_JOB_SERVER_JAR"
 LOCAL_MASTERS = ("[local]", "[auto]")  # Beam's names for "an embedded Flink in the job server"
 ENVIRONMENT_TYPES = ("LOOPBACK", "PROCESS", "EXTERNAL", "DOCKER")
 DEFAULT_CHECKPOINTING_INTERVAL_MS = 60_000
-FLINK_STATE_CACHE_MB = 256  # per SDK harness; as on Prism (pipeline.runtime.engines)
 MASTER_CONNECT_TIMEOUT_SECS = 3.0
 FINITE_RUN_SOURCE_SHUTDOWN_MS = 1000
 
@@ -335,10 +333,9 @@ def apply_runner_defaults(options: PipelineOptions) -> None:
         checkpoints.checkpointing_interval = DEFAULT_CHECKPOINTING_INTERVAL_MS
     if checkpoints.finish_bundle_before_checkpointing is None:
         checkpoints.finish_bundle_before_checkpointing = True
-    if "max_cache_memory_usage_mb" not in options.get_all_options(drop_default=True):
-        # Flink gives the SDK harness cache tokens, so user state read once stays cached
-        # across bundles (Beam's own design; off unless sized): no state read per bundle.
-        options.view_as(WorkerOptions).max_cache_memory_usage_mb = FLINK_STATE_CACHE_MB
+    # Flink gives the SDK harness cache tokens, so user state read once stays cached
+    # across bundles (Beam's own design; off unless sized): no state read per bundle.
+    size_state_cache(options)
     finite = options.view_as(LevelAnalyticsOptions).stop_when_idle_secs is not None
     if finite and checkpoints.shutdown_sources_after_idle_ms is None:
         # With checkpoints on, Beam's Flink runner keeps sources alive forever, so a run

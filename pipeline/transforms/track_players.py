@@ -56,9 +56,9 @@ class _TrackPlayerFn(beam.DoFn):
     State is cleared when the player has left and nothing is pending.
     """
 
-    # One cell per player: (PlayerTimeline, tuple of pending observations). One read and
-    # one write per player and bundle; two cells cost twice the state calls, and state
-    # calls are what a stream's throughput is spent on (README "Performance").
+    # One cell per player (_StoredPlayer: the timeline and its pending observations):
+    # one read and one write per player and bundle; two cells cost twice the state calls,
+    # and state calls are what a stream's throughput is spent on (README "Performance").
     PLAYER = ReadModifyWriteStateSpec("player", PickleCoder())
     WAKE = TimerSpec("wake", TimeDomain.WATERMARK)
 
