@@ -4,6 +4,7 @@ python -m pipeline.main --input 'events/*.tsv' --snapshot_path out/
 """
 
 import logging
+import signal
 import sys
 import threading
 from typing import NamedTuple
@@ -173,10 +174,7 @@ def run(argv=None):
     # A stream runs until cancelled: its figures are published while it runs.
     status.follow(result, on_error=lambda error: _LOG.warning("pipeline status not published: %s", error))
     try:
-        state = result.wait_until_finish()
-    except KeyboardInterrupt:  # Ctrl-C: the normal way to stop a stream
-        _stop_quietly(result, status)
-        sys.exit("stopped (Ctrl-C); a restart with the same flags resumes from the last checkpoint")
+        state = _wait_unless_interrupted(result, status)
     finally:
         status.stop()
         if progress is not None:
@@ -191,6 +189,34 @@ def run(argv=None):
     if state != PipelineState.DONE:
         sys.exit(f"error: the pipeline ended {state}")
     return result
+
+
+def _wait_unless_interrupted(result, status: RunStatus):
+    """The job's end state; on Ctrl-C (the normal way to stop a stream), cancel the job
+    and exit. gRPC may turn the interrupt into a cancelled or closed call (seen on
+    Flink), so the SIGINT itself, not the exception's type, says Ctrl-C was pressed."""
+    interrupted = threading.Event()
+    previous = signal.getsignal(signal.SIGINT)  # Beam's on Flink: it stops the job server first
+    on_main_thread = threading.current_thread() is threading.main_thread()
+
+    def note_then_interrupt(signum, frame):
+        interrupted.set()
+        if callable(previous):
+            previous(signum, frame)
+        raise KeyboardInterrupt
+
+    if on_main_thread:
+        signal.signal(signal.SIGINT, note_then_interrupt)
+    try:
+        return result.wait_until_finish()
+    except BaseException as error:
+        if not (isinstance(error, KeyboardInterrupt) or interrupted.is_set()):
+            raise
+        _stop_quietly(result, status)
+        sys.exit("stopped (Ctrl-C); a restart with the same flags resumes from the last checkpoint")
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _stop_quietly(result, status: RunStatus):

@@ -3,8 +3,10 @@ against the reference model."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -124,3 +126,77 @@ def test_bad_options_stop_with_a_message_saying_what_to_change(args, message):
     result = run_main(*args)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+class InterruptedAsAClosedCall:
+    """A job whose wait is interrupted by Ctrl-C, reported as gRPC does on Flink: the
+    interrupt becomes a closed call, not a KeyboardInterrupt."""
+
+    def __init__(self):
+        self.cancelled = False
+
+    def wait_until_finish(self):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise RuntimeError("Stream removed (Channel closed!)") from None
+        raise AssertionError("SIGINT did not interrupt the wait")
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class FailingJob(InterruptedAsAClosedCall):
+    def wait_until_finish(self):
+        raise RuntimeError("Stream removed (Channel closed!)")
+
+
+class QuietStatus:
+    def stop(self):
+        pass
+
+    def publish(self, *args, **kwargs):
+        pass
+
+
+def test_ctrl_c_stops_the_job_whatever_the_runner_turns_it_into():
+    from pipeline.main import _wait_unless_interrupted
+
+    job = InterruptedAsAClosedCall()
+    with pytest.raises(SystemExit, match=r"stopped \(Ctrl-C\)"):
+        _wait_unless_interrupted(job, QuietStatus())
+    assert job.cancelled
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_ctrl_c_still_reaches_a_handler_beam_installed():
+    """Beam's portable runner installs a SIGINT handler that stops its job server (which
+    closes the call the wait is in) before interrupting: it still runs, and the stop
+    is still a Ctrl-C."""
+    from pipeline.main import _wait_unless_interrupted
+
+    called = []
+
+    def beams(signum, frame):
+        called.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, beams)
+    try:
+        job = InterruptedAsAClosedCall()
+        with pytest.raises(SystemExit, match=r"stopped \(Ctrl-C\)"):
+            _wait_unless_interrupted(job, QuietStatus())
+        assert signal.getsignal(signal.SIGINT) is beams  # put back
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    assert called == [signal.SIGINT] and job.cancelled
+
+
+def test_a_failure_without_ctrl_c_is_raised():
+    from pipeline.main import _wait_unless_interrupted
+
+    job = FailingJob()
+    with pytest.raises(RuntimeError, match="Channel closed"):
+        _wait_unless_interrupted(job, QuietStatus())
+    assert not job.cancelled
