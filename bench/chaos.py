@@ -99,8 +99,8 @@ class LagProbe:
 
 
 def refusing_faults(scenario: str, fault_secs: float) -> list:
-    """From FAULT_AT_SECS into the feed (which starts 20 s after the pipeline)."""
-    after = FAULT_AT_SECS + 20
+    """From FAULT_AT_SECS into the feed (the pipeline starts with it)."""
+    after = FAULT_AT_SECS
     if scenario == "dynamodb_throttled":
         return [dynamodb_throttling(secs=fault_secs, after_secs=after)]
     if scenario == "s3_slowdown":
@@ -153,6 +153,9 @@ def run_scenario(scenario: str, args, workdir: str) -> dict:
             daemon=True,
         )
         feed.start()
+        # The pipeline starts with the feed: started earlier, on a stream still empty, it
+        # would find the stream idle and stop (--stop_when_idle_secs) before any record.
+        time.sleep(max(0.0, settings.start_ms / 1000 - time.time()))
         run.start("--stop_when_idle_secs=5")
         result = {"scenario": scenario, "lines": len(stream.lines), "fault_secs": args.fault_secs}
         try:
