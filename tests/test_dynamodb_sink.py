@@ -441,97 +441,21 @@ def test_parts_that_do_not_add_up_fail_loudly(tables):
 # --- A restart with a ledger split over parts ----------------------------------------------
 
 
-def many_pairs_stream(players=8000, levels=1000, seed=8):
-    """Each player enters one level and moves to another, a pair no other player takes,
-    over 20 minutes: `players` distinct "A/B" totals, with the entries and exits some
-    10,000 keys, whose checkpoint outgrows one item."""
-    from pipeline.rules.observations import Observation
-    from pipeline.testing.enriched_lines import enriched_line, level_context
-
-    rng = random.Random(seed)
-    start = 1_795_000_000_000
-    names = [f"campaign-level-{i:04d}" for i in range(levels)]
-    taken, timed = set(), []
-    for p in range(players):
-        a, b = rng.sample(names, 2)
-        while (a, b) in taken:
-            a, b = rng.sample(names, 2)
-        taken.add((a, b))
-        enter = start + rng.randrange(0, 20 * 60_000)
-        for level, at in ((a, enter), (b, enter + rng.randrange(1_000, 60_000))):
-            event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-            line = enriched_line(event_id, at, [level_context(f"player-{p}", level)]).encode()
-            timed.append(
-                (at + rng.randrange(0, 5_000), line, Observation(f"player-{p}", level, at, event_id, 0))
-            )
-    timed.sort(key=lambda entry: entry[0])  # arrival: within 5 s of event time
-    return [line for _, line, _ in timed], [observation for _, _, observation in timed]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # two runs over 16,000 events on Prism: about 10 minutes on 2 cores
 def test_a_restart_from_a_checkpoint_in_parts_gives_the_model(moto_endpoint, tmp_path):
     """Killed (SIGKILL) once it has committed a checkpoint too big for one item, then run
     again with the same flags: the tables and the history equal the model's."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     from pipeline.apps.producer import put_records
     from pipeline.testing.aws_server import make_stream
+    from pipeline.testing.many_pairs import kill_after_checkpoint_in_parts_then_restart, many_pairs_stream
     from pipeline.testing.outputs import assert_history_equals_model, assert_tables_equal_model, read_history
-    from pipeline.testing.reference_model import model_snapshots
 
     lines, observations = many_pairs_stream()
     name = "many-pairs"
     put_records(make_stream(moto_endpoint, name, shards=2), name, lines)
-    command = [
-        sys.executable,
-        "-m",
-        "pipeline.main",
-        f"--stream_name={name}",
-        f"--aws_endpoint_url={moto_endpoint}",
-        f"--aws_region={REGION}",
-        "--initial_position=TRIM_HORIZON",
-        "--max_out_of_orderness_secs=10",
-        "--stop_when_idle_secs=3",
-        f"--snapshot_path={tmp_path}/out",
-        "--write_dynamodb",
-        "--create_tables",
-        f"--level_table={name}-levels",
-        f"--transitions_table={name}-transitions",
-        f"--progress_table={name}-progress",
-    ]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    client = client_for(moto_endpoint)
-
-    def head():
-        try:
-            return client.get_item(TableName=f"{name}-progress", Key={"pipeline": {"S": PIPELINE_NAME}}).get(
-                "Item"
-            )
-        except client.exceptions.ResourceNotFoundException:
-            return None
-
-    victim = subprocess.Popen(command, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 600
-        while not (head() and "partsDigest" in head()):
-            assert victim.poll() is None, "the run ended before committing a checkpoint in parts"
-            assert time.monotonic() < deadline, "no checkpoint in parts within 600 s"
-            time.sleep(0.2)
-        victim.send_signal(signal.SIGKILL)
-    finally:
-        victim.wait(timeout=60)
-    killed_at = int(head()["asOf"]["N"])
-    assert killed_at < max(model_snapshots(observations, 300, 60)), (
-        "killed too late: everything was committed"
-    )
-
-    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "resuming after" in result.stderr and int(head()["asOf"]["N"]) > killed_at
+    kill_after_checkpoint_in_parts_then_restart(moto_endpoint, REGION, name, observations, f"{tmp_path}/out")
     assert_history_equals_model(read_history(f"{tmp_path}/out"), observations, 300, 60)
-    assert_tables_equal_model(client, f"{name}-transitions", f"{name}-levels", observations)
+    assert_tables_equal_model(
+        client_for(moto_endpoint), f"{name}-transitions", f"{name}-levels", observations
+    )
