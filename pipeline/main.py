@@ -197,7 +197,8 @@ def _wait_unless_interrupted(result, status: RunStatus):
     Flink), so the SIGINT itself, not the exception's type, says Ctrl-C was pressed."""
     interrupted = threading.Event()
     previous = signal.getsignal(signal.SIGINT)  # Beam's on Flink: it stops the job server first
-    on_main_thread = threading.current_thread() is threading.main_thread()
+    # Signals are set on the main thread only; an ignored SIGINT stays ignored.
+    watching = threading.current_thread() is threading.main_thread() and previous is not signal.SIG_IGN
 
     def note_then_interrupt(signum, frame):
         interrupted.set()
@@ -205,7 +206,7 @@ def _wait_unless_interrupted(result, status: RunStatus):
             previous(signum, frame)
         raise KeyboardInterrupt
 
-    if on_main_thread:
+    if watching:
         signal.signal(signal.SIGINT, note_then_interrupt)
     try:
         return result.wait_until_finish()
@@ -215,7 +216,7 @@ def _wait_unless_interrupted(result, status: RunStatus):
         _stop_quietly(result, status)
         sys.exit("stopped (Ctrl-C); a restart with the same flags resumes from the last checkpoint")
     finally:
-        if on_main_thread:
+        if watching:
             signal.signal(signal.SIGINT, previous)
 
 
