@@ -1,6 +1,9 @@
 """Fixtures shared by the tests. Helpers that tests and benchmarks share live in
 pipeline.testing (the embedded AWS, output readers, the reference model)."""
 
+import signal
+import warnings
+
 import pytest
 
 from pipeline.testing.aws_server import MotoServer
@@ -20,3 +23,18 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "moto_endpoint" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.aws)
+
+
+@pytest.fixture(autouse=True)
+def sigint_handling_is_put_back(request):
+    """Each test ends with the SIGINT handling it began with. Pipelines run in this process
+    (Beam's job servers install SIGINT handlers of their own), and a SIGINT left ignored
+    here would be inherited by every later subprocess, which Ctrl-C tests send it to.
+    A test that changed it is named in a warning."""
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    after = signal.getsignal(signal.SIGINT)
+    if after is not before and before is not None:
+        signal.signal(signal.SIGINT, before)
+        if after is signal.SIG_IGN:
+            warnings.warn(f"{request.node.nodeid} left SIGINT ignored; put back", stacklevel=1)

@@ -163,11 +163,15 @@ class QuietStatus:
 def test_ctrl_c_stops_the_job_whatever_the_runner_turns_it_into():
     from pipeline.main import _wait_unless_interrupted
 
-    job = InterruptedAsAClosedCall()
-    with pytest.raises(SystemExit, match=r"stopped \(Ctrl-C\)"):
-        _wait_unless_interrupted(job, QuietStatus())
-    assert job.cancelled
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # earlier tests may set one
+    try:
+        job = InterruptedAsAClosedCall()
+        with pytest.raises(SystemExit, match=r"stopped \(Ctrl-C\)"):
+            _wait_unless_interrupted(job, QuietStatus())
+        assert job.cancelled
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def test_ctrl_c_still_reaches_a_handler_beam_installed():
@@ -182,14 +186,14 @@ def test_ctrl_c_still_reaches_a_handler_beam_installed():
         called.append(signum)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, beams)
+    before = signal.signal(signal.SIGINT, beams)
     try:
         job = InterruptedAsAClosedCall()
         with pytest.raises(SystemExit, match=r"stopped \(Ctrl-C\)"):
             _wait_unless_interrupted(job, QuietStatus())
         assert signal.getsignal(signal.SIGINT) is beams  # put back
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, before)
     assert called == [signal.SIGINT] and job.cancelled
 
 
