@@ -25,6 +25,13 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.aws)
 
 
+# A shell starts a background job (`.ci/run &`) with SIGINT ignored, and every subprocess
+# would inherit that: the Ctrl-C tests, which send their subprocesses SIGINT, need it
+# handled as Python does by default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(autouse=True)
 def sigint_handling_is_put_back(request):
     """Each test ends with the SIGINT handling it began with. Pipelines run in this process
