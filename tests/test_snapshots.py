@@ -3,18 +3,24 @@ the latest pair only when the window is not older than the latest, and in an ord
 polling reader can trust: the history first, then transitions, the levels object last."""
 
 import json
+import os
 import threading
+
+import pytest
 
 from pipeline.rules.snapshot_format import (
     LEVELS_LATEST,
     TRANSITIONS_LATEST,
     Snapshot,
     history_names,
+    is_partial,
     level_information,
     to_json_bytes,
     transition_information,
 )
+from pipeline.rules.times import iso_utc
 from pipeline.sinks import objects, snapshots
+from pipeline.testing.outputs import read_history
 
 WINDOW_SECS = 10
 T0 = 1_795_000_000_000
@@ -69,3 +75,32 @@ def test_the_history_is_written_before_the_latest_pair_and_the_levels_object_las
     names = [name.rsplit("/", 1)[-1] for name in history_names(T0 + 20_000)]
     assert sorted(finished[:2]) == sorted(names)
     assert finished[2:] == [TRANSITIONS_LATEST, LEVELS_LATEST]
+
+
+def test_a_local_object_is_renamed_into_place_whole_so_a_reader_never_sees_half_of_it(tmp_path, monkeypatch):
+    target = tmp_path / LEVELS_LATEST
+    target.write_bytes(b'{"old": true}\n')
+    seen_while_writing = []
+    replace = objects.os.replace
+
+    def replace_and_look(source, destination):
+        # Just before the new object takes the name: the reader still gets the old one
+        # whole, and the new one sits complete under a hidden name readers skip.
+        seen_while_writing.append((target.read_bytes(), open(source, "rb").read(), os.path.basename(source)))
+        replace(source, destination)
+
+    monkeypatch.setattr(objects.os, "replace", replace_and_look)
+    objects.write_object(str(target), b'{"new": true}\n')
+    [(old, new, partial_name)] = seen_while_writing
+    assert (old, new) == (b'{"old": true}\n', b'{"new": true}\n')
+    assert is_partial(partial_name) and not is_partial(LEVELS_LATEST)
+    assert target.read_bytes() == b'{"new": true}\n'
+    assert os.listdir(tmp_path) == [LEVELS_LATEST]
+
+
+def test_a_history_window_read_with_one_document_alone_is_a_mismatch_not_a_crash(tmp_path):
+    snapshots.publish_snapshot(str(tmp_path), WINDOW_SECS, window(T0 + 20_000, 3))
+    assert list(read_history(str(tmp_path))) == [iso_utc(T0 + 20_000)]
+    (tmp_path / history_names(T0 + 20_000)[1]).unlink()  # as a poller can find it mid-write
+    with pytest.raises(AssertionError, match="one of their two documents"):
+        read_history(str(tmp_path))

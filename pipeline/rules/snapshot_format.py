@@ -67,3 +67,9 @@ STATUS_OBJECT = "pipeline_status.json"  # what the last run did (pipeline.runtim
 def history_names(window_end_ms: int) -> tuple[str, str]:
     stamp = iso_utc(window_end_ms)
     return f"history/levels/{stamp}.json", f"history/transitions/{stamp}.json"
+
+
+def is_partial(name: str) -> bool:
+    """A local object still being written (pipeline.sinks.objects writes it under a hidden
+    name, then renames it): readers skip it."""
+    return name.startswith(".")

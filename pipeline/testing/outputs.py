@@ -5,7 +5,7 @@ s3://bucket/prefix (read with the given S3 client)."""
 import json
 import os
 
-from pipeline.rules.snapshot_format import update_id
+from pipeline.rules.snapshot_format import is_partial, update_id
 from pipeline.rules.times import iso_utc
 from pipeline.testing.reference_model import model_snapshots, model_transition_totals, snapshot_as_files
 
@@ -31,16 +31,20 @@ def read_objects(path: str, folder: str, s3=None) -> dict:
     if not os.path.isdir(directory):
         return {}
     found = {}
-    for name in sorted(os.listdir(directory)):
+    for name in sorted(n for n in os.listdir(directory) if not is_partial(n)):
         with open(os.path.join(directory, name), "rb") as handle:
             found[name] = handle.read()
     return found
 
 
 def read_history(snapshot_path: str, s3=None) -> dict:
-    """{window_end_iso: (levels document, transitions document)} of the history objects."""
+    """{window_end_iso: (levels document, transitions document)} of the history objects.
+    A window with only one of its two documents fails as a mismatch (the pair is written
+    one after the other, so a reader polling a running job can see one alone)."""
     levels = read_objects(snapshot_path, "history/levels/", s3)
     transitions = read_objects(snapshot_path, "history/transitions/", s3)
+    unpaired = sorted(set(levels) ^ set(transitions))
+    assert not unpaired, f"history windows with one of their two documents only: {unpaired}"
     return {
         name[: -len(".json")]: (json.loads(body), json.loads(transitions[name]))
         for name, body in levels.items()

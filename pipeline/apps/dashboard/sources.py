@@ -17,6 +17,7 @@ from pipeline.apps.dashboard.model import (
     transitions_of,
 )
 from pipeline.aws import ClientFactory, error_code
+from pipeline.rules.snapshot_format import is_partial
 from pipeline.rules.times import iso_utc
 
 LEVELS_LATEST = "level_information.json"
@@ -68,7 +69,7 @@ class DirStore:
             entries = os.listdir(os.path.join(self.root, folder))
         except FileNotFoundError:
             return iter(())
-        return iter(sorted(name for name in entries if name > start_after))
+        return iter(sorted(name for name in entries if name > start_after and not is_partial(name)))
 
 
 class S3Store:
