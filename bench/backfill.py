@@ -177,6 +177,7 @@ def coalescing(work: str, players: int = 250, duration_secs: int = 2400) -> dict
     from pipeline.apps.producer import put_records
     from pipeline.apps.simulator import SimulationSettings, simulate
     from pipeline.testing.aws_server import MotoServer
+    from pipeline.testing.many_pairs import catch_up_flags
     from pipeline.testing.outputs import assert_tables_equal_model
 
     settings = SimulationSettings(
@@ -193,20 +194,9 @@ def coalescing(work: str, players: int = 250, duration_secs: int = 2400) -> dict
         for label, coalesce in (("coalesced", True), ("per_instant", False)):
             name = f"backlog-{label.replace('_', '-')}"
             put_records(moto.make_stream(name, shards=2), name, stream.lines)
-            argv = [
-                f"--stream_name={name}",
-                f"--aws_endpoint_url={moto.endpoint}",
-                "--initial_position=TRIM_HORIZON",
-                "--max_out_of_orderness_secs=20",
-                "--max_records=500",
-                "--stop_when_idle_secs=3",
-                f"--snapshot_path={work}/{name}",
-                "--write_dynamodb",
-                "--create_tables",
-                f"--level_table={name}-levels",
-                f"--transitions_table={name}-transitions",
-                f"--progress_table={name}-progress",
-            ]
+            argv = catch_up_flags(
+                moto.endpoint, name, f"{work}/{name}", ["--max_out_of_orderness_secs=20", "--max_records=500"]
+            )
             result = _child("main", {"argv": argv, "coalesce": coalesce})
             dynamodb = boto3.client("dynamodb", endpoint_url=moto.endpoint, region_name="us-east-1")
             assert_tables_equal_model(dynamodb, f"{name}-transitions", f"{name}-levels", stream.observations)

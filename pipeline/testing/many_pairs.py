@@ -47,16 +47,12 @@ def many_pairs_stream(players=8000, levels=1000, seed=8):
     return [line for _, line, _ in timed], [observation for _, _, observation in timed]
 
 
-def restart_command(endpoint: str, region: str, name: str, snapshot_path: str, extra_flags=()) -> list:
-    """`pipeline.main` over stream `name` from its start, ending once idle, writing tables
-    named after the stream."""
+def catch_up_flags(endpoint: str, name: str, snapshot_path: str, extra_flags=()) -> list:
+    """`pipeline.main`'s flags for stream `name` read from its start, ending once idle,
+    writing tables named after the stream; `extra_flags` come last, so they win."""
     return [
-        sys.executable,
-        "-m",
-        "pipeline.main",
         f"--stream_name={name}",
         f"--aws_endpoint_url={endpoint}",
-        f"--aws_region={region}",
         "--initial_position=TRIM_HORIZON",
         "--max_out_of_orderness_secs=10",
         "--stop_when_idle_secs=3",
@@ -68,6 +64,12 @@ def restart_command(endpoint: str, region: str, name: str, snapshot_path: str, e
         f"--progress_table={name}-progress",
         *extra_flags,
     ]
+
+
+def restart_command(endpoint: str, region: str, name: str, snapshot_path: str, extra_flags=()) -> list:
+    """The process that catch_up_flags describes."""
+    flags = catch_up_flags(endpoint, name, snapshot_path, [f"--aws_region={region}", *extra_flags])
+    return [sys.executable, "-m", "pipeline.main", *flags]
 
 
 def kill_after_checkpoint_in_parts_then_restart(
