@@ -22,6 +22,7 @@ the same bound, per key, with the caller choosing when to try again.
 import logging
 import os
 import random
+import threading
 import time
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -97,8 +98,7 @@ def http_status(error) -> int | None:
 
 def is_transient(error) -> bool:
     """Worth another try: throttling, a server error, or no answer at all (connection
-    refused, reset, timed out: botocore's BotoCoreError, OSError, or Beam's S3 client
-    error without a status)."""
+    refused, reset, timed out: botocore's BotoCoreError, OSError)."""
     if isinstance(error, AwsCallFailed):
         return False
     code = error_code(error)
@@ -109,15 +109,6 @@ def is_transient(error) -> bool:
         return status is not None and (status >= 500 or status == 429)
     if isinstance(error, BotoCoreError | OSError | ConnectionError):
         return True
-    if type(error).__name__ in ("S3ClientError", "BeamIOError"):  # Beam's S3 filesystem
-        status = http_status(error)
-        return status is None or status >= 500 or status in (408, 429)
-    if isinstance(error, AttributeError) and error.__context__ is not None:
-        # Beam's S3 client (get_http_error_code in apache_beam/io/aws/clients/s3/
-        # boto3_client.py) reads `.response.get` of the botocore error it wraps; a
-        # connection reset's ConnectionClosedError has `response = None`, so the wrapping
-        # itself raises AttributeError while handling it. The error that matters is that one.
-        return is_transient(error.__context__)
     return False
 
 
@@ -241,3 +232,17 @@ class ClientFactory:
         return boto3.client(
             self.service, region_name=self.region, endpoint_url=self.endpoint_url, config=Config(**settings)
         )
+
+    def shared(self):
+        """One client per process for these settings, made on first use: boto3 clients
+        are thread-safe, and making one costs far more than a call (tens of ms)."""
+        key = (self.service, self.region, self.endpoint_url, repr(sorted(self.config.items())))
+        with _SHARED_LOCK:
+            client = _SHARED_CLIENTS.get(key)
+            if client is None:
+                client = _SHARED_CLIENTS[key] = self()
+            return client
+
+
+_SHARED_CLIENTS = {}
+_SHARED_LOCK = threading.Lock()

@@ -14,6 +14,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, S3Options, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
+from pipeline.aws import ClientFactory
 from pipeline.rules.ledger import Checkpoint
 from pipeline.rules.times import iso_utc
 from pipeline.runtime.engines import choose_engine, engine_errors, runner_name
@@ -110,6 +111,7 @@ def build_pipeline(
         dead_letter_path=opts.dead_letter_path,
         dynamodb=tables,
         resume_from=resume_from,
+        s3=s3_client_factory(options),
     )
     return outputs
 
@@ -162,10 +164,12 @@ def run(argv=None):
     if "-h" in argv or "--help" in argv:
         LevelAnalyticsOptions(["--help"])  # argparse prints every flag with its default
     options = parse_options(argv)
-    FileSystems.set_options(options)  # this process writes to s3:// too (the status object)
+    FileSystems.set_options(options)  # for paths on other filesystems Beam knows
     resume_from = prepare_restart(options)
     opts = options.view_as(LevelAnalyticsOptions)
-    status = RunStatus(_status_writer(opts.snapshot_path), runner_name(options), opts.update_secs)
+    status = RunStatus(
+        _status_writer(opts.snapshot_path, s3_client_factory(options)), runner_name(options), opts.update_secs
+    )
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, options, resume_from=resume_from)
     # A bounded replay shows on stderr what it has read as it goes (pipeline.sources.files).
@@ -233,11 +237,19 @@ def _stop_quietly(result, status: RunStatus):
             _LOG.info("while stopping: %s", error)
 
 
-def _status_writer(snapshot_path: str | None):
+def s3_client_factory(options: PipelineOptions) -> ClientFactory:
+    """The client for s3:// snapshots, dead letters and the status object: Beam's
+    --s3_region_name and --s3_endpoint_url, which parse_options fills from --aws_region
+    and --aws_endpoint_url."""
+    s3 = options.view_as(S3Options)
+    return ClientFactory("s3", s3.s3_region_name, s3.s3_endpoint_url)
+
+
+def _status_writer(snapshot_path: str | None, s3: ClientFactory):
     if not snapshot_path:
         return lambda body: None
     path = join_path(snapshot_path, STATUS_OBJECT)
-    return lambda body: write_object(path, body)
+    return lambda body: write_object(path, body, s3)
 
 
 def _committed_ms(opts) -> int | None:

@@ -13,6 +13,7 @@ bursts) injected into the pipeline's own process. The long versions (60 s outage
 live feed) are bench/chaos.py.
 """
 
+import io
 import os
 import subprocess
 import sys
@@ -20,13 +21,13 @@ import time
 
 import boto3
 import pytest
-from apache_beam.io.aws.clients.s3 import boto3_client, messages
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 
 from pipeline import aws
 from pipeline.apps.simulator import SimulationSettings, simulate
 from pipeline.aws import (
     AwsCallFailed,
+    ClientFactory,
     IncompleteReply,
     RetrySchedule,
     call_with_retries,
@@ -73,17 +74,6 @@ class FakeClock:
 # --- The rules ---------------------------------------------------------------------------------
 
 
-def beam_wrapping_of(error):
-    """What Beam's S3 client raises for `error` (boto3_client wraps every failure)."""
-    try:
-        try:
-            raise error
-        except Exception as caught:
-            raise messages.S3ClientError(str(caught), boto3_client.get_http_error_code(caught)) from caught
-    except Exception as wrapped:  # noqa: BLE001 - whatever the wrapping raised
-        return wrapped
-
-
 @pytest.mark.parametrize(
     "error,transient",
     [
@@ -99,27 +89,12 @@ def beam_wrapping_of(error):
         (client_error("AccessDeniedException", 400), False),
         (client_error("ValidationException", 400), False),
         (client_error("ResourceNotFoundException", 400), False),
-        (messages.S3ClientError("slow down", 503), True),
-        (messages.S3ClientError("no answer", None), True),
-        (messages.S3ClientError("forbidden", 403), False),
         (AwsCallFailed("given up"), False),
         (ValueError("a bug"), False),
     ],
 )
 def test_what_passes_and_what_does_not(error, transient):
     assert is_transient(error) is transient
-
-
-def test_beams_s3_client_failing_to_wrap_a_connection_reset_is_still_transient():
-    """Beam's get_http_error_code reads `.response.get` of a ConnectionClosedError whose
-    response is None: the wrapping raises AttributeError (found under Toxiproxy: the
-    pipeline stopped at once on a reset connection while writing a snapshot)."""
-    wrapped = beam_wrapping_of(ConnectionClosedError(endpoint_url="http://x"))
-    assert isinstance(wrapped, AttributeError)
-    assert is_transient(wrapped)
-    refused = beam_wrapping_of(EndpointConnectionError(endpoint_url="http://x"))
-    assert isinstance(refused, messages.S3ClientError) and is_transient(refused)
-    assert not is_transient(AttributeError("a bug of ours, not a connection"))
 
 
 def test_a_reply_without_what_aws_always_sends_was_cut_short():
@@ -199,73 +174,54 @@ def test_the_bound_can_be_set_for_every_process(value, expected):
 # --- Objects -------------------------------------------------------------------------------------
 
 
-class FlakyFileSystems:
-    """FileSystems whose S3 answers 503 SlowDown `fail` times, then writes to `store`."""
+class FlakyS3:
+    """An S3 client (and its factory) that answers 503 SlowDown to the first `fail` puts
+    and cuts the first `short_reads` replies short, keeping objects in `store`: moto
+    cannot be asked to do either at a given call."""
 
     def __init__(self, fail: int, short_reads: int = 0):
         self.fail = fail
         self.short_reads = short_reads
         self.store = {}
 
-    def create(self, path, mime_type=None):
+    def shared(self):
+        return self
+
+    def put_object(self, Bucket, Key, Body, **_):  # noqa: N803 - boto3's names
         if self.fail:
             self.fail -= 1
-            raise messages.S3ClientError("SlowDown", 503)
-        store = self.store
+            raise client_error("SlowDown", 503)
+        self.store[Bucket, Key] = Body
 
-        class Handle:
-            def __enter__(self):
-                return self
-
-            def write(self, body):
-                store[path] = body
-
-            def __exit__(self, *exc):
-                return False
-
-        return Handle()
-
-    def exists(self, path):
-        return path in self.store
-
-    def get_filesystem(self, path):
-        store = self.store
-
-        class Metadata:
-            size_in_bytes = len(store[path])
-
-        class FileSystem:
-            def metadata(self, _):
-                return Metadata()
-
-        return FileSystem()
-
-    def open(self, path, compression_type=None):
-        body = self.store[path]
+    def get_object(self, Bucket, Key):  # noqa: N803
+        if (Bucket, Key) not in self.store:
+            raise client_error("NoSuchKey", 404)
+        body = self.store[Bucket, Key]
         if self.short_reads:
             self.short_reads -= 1
-            body = body[: len(body) // 2]  # a reply cut in its headers: no length to check against
-
-        class Handle:
-            def __enter__(self):
-                return self
-
-            def read(self):
-                return body
-
-            def __exit__(self, *exc):
-                return False
-
-        return Handle()
+            body = body[: len(body) // 2]
+        return {"Body": io.BytesIO(body), "ContentLength": len(self.store[Bucket, Key])}
 
 
 def test_objects_wait_out_slowdown_and_read_whole_objects(monkeypatch):
-    flaky = FlakyFileSystems(fail=3, short_reads=2)
-    monkeypatch.setattr(objects, "FileSystems", flaky)
+    flaky = FlakyS3(fail=3, short_reads=2)
     monkeypatch.setattr(aws, "INITIAL_DELAY_SECS", 0.01)
-    assert objects.write_object("s3://b/history/x.json", b'{"a": 1}') == 3
-    assert objects.read_object("s3://b/history/x.json") == b'{"a": 1}'  # two short reads retried
-    assert objects.read_object("s3://b/none.json") is None
+    assert objects.write_object("s3://b/history/x.json", b'{"a": 1}', flaky) == 3
+    assert objects.read_object("s3://b/history/x.json", flaky) == b'{"a": 1}'  # two short reads retried
+    assert objects.read_object("s3://b/none.json", flaky) is None
+
+
+def test_objects_on_s3_are_one_call_each_through_one_client(moto_endpoint):
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name=REGION)
+    s3.create_bucket(Bucket="one-client")
+    factory = ClientFactory("s3", REGION, moto_endpoint)
+    calls = []
+    factory.shared().meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    objects.write_object("s3://one-client/a/b.json", b"{}", factory)
+    assert objects.read_object("s3://one-client/a/b.json", factory) == b"{}"
+    assert objects.read_object("s3://one-client/a/none.json", factory) is None
+    assert calls == ["PutObject", "GetObject", "GetObject"]
+    assert factory.shared() is ClientFactory("s3", REGION, moto_endpoint).shared()
 
 
 # --- The chaos tools ---------------------------------------------------------------------------------
@@ -274,8 +230,6 @@ def test_objects_wait_out_slowdown_and_read_whole_objects(monkeypatch):
 @needs_toxiproxy
 def test_toxiproxy_refuses_resets_slows_and_cuts_replies(moto_endpoint):
     """What each fault does to a call, as the pipeline's clients see it."""
-    from pipeline.aws import ClientFactory
-
     with Toxiproxy() as toxiproxy:
         proxy = toxiproxy.proxy("aws-check", moto_endpoint.removeprefix("http://"))
         dynamodb = ClientFactory("dynamodb", REGION, proxy.endpoint, retries={"max_attempts": 1})()

@@ -23,6 +23,7 @@ from apache_beam.transforms import window
 from apache_beam.typehints import KV
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Timestamp
 
+from pipeline.aws import ClientFactory
 from pipeline.rules.times import iso_utc, window_start
 from pipeline.runtime import metrics
 from pipeline.runtime.timestamps import ms_to_timestamp
@@ -65,9 +66,10 @@ class _KeyByObjectFn(beam.DoFn):
 
 
 class _WriteObjectFn(beam.DoFn):
-    def __init__(self, path: str, after_ms: int | None):
+    def __init__(self, path: str, after_ms: int | None, s3: ClientFactory | None):
         self._path = path
         self._after_ms = after_ms
+        self._s3 = s3
         self._written = metrics.counter("dead_letters_written")
         self._objects = metrics.counter("dead_letter_objects_written")
 
@@ -76,7 +78,7 @@ class _WriteObjectFn(beam.DoFn):
         if owned_by_this_run(window_end_ms, self._after_ms):
             lines = sorted(lines)
             body = ("\n".join(lines) + "\n").encode("utf-8")
-            write_object(join_path(self._path, object_name(window_end_ms)), body)
+            write_object(join_path(self._path, object_name(window_end_ms)), body, self._s3)
             self._written.inc(len(lines))
             self._objects.inc()
         yield window_end_ms
@@ -86,11 +88,14 @@ class WriteDeadLetters(beam.PTransform):
     """DeadLetter -> one object per window; returns the window end (ms, or None for
     `undated`) of each object, timestamped at its window's last microsecond."""
 
-    def __init__(self, path: str, window_secs: int, after_ms: int | None = None):
+    def __init__(
+        self, path: str, window_secs: int, after_ms: int | None = None, s3: ClientFactory | None = None
+    ):
         super().__init__()
         self._path = path
         self._window_secs = window_secs
         self._after_ms = after_ms
+        self._s3 = s3
 
     def expand(self, dead_letters):
         return (
@@ -103,5 +108,5 @@ class WriteDeadLetters(beam.PTransform):
             # stream goes, and all at the end of a bounded input.
             | "IntoWindows" >> beam.WindowInto(window.FixedWindows(self._window_secs))
             | "GroupPerObject" >> beam.GroupByKey()
-            | "WriteDeadLetterObjects" >> beam.ParDo(_WriteObjectFn(self._path, self._after_ms))
+            | "WriteDeadLetterObjects" >> beam.ParDo(_WriteObjectFn(self._path, self._after_ms, self._s3))
         )

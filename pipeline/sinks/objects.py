@@ -1,5 +1,11 @@
-"""Objects in a directory or under s3://bucket/prefix, through Beam's FileSystems (so the
-same code writes locally, to S3, or to any filesystem Beam knows).
+"""Objects in a directory or under s3://bucket/prefix (any other filesystem Beam knows
+goes through Beam's FileSystems).
+
+An S3 object is one PutObject or GetObject through one boto3 client per process
+(`s3`, a ClientFactory). Beam's S3 filesystem makes a new client for every call and
+writes even a small object as a multipart upload (three calls): measured on moto, 245 ms
+to write a 20 kB object and 783 ms to read it, against 12.5 ms and 8.7 ms; a window's
+objects are on the path from its end to the dashboard.
 
 Reads and writes wait out throttling (S3's 503 SlowDown) and a missing AWS with backoff
 (pipeline.aws), then fail loudly; a read checks it got the whole object (a reply cut
@@ -16,37 +22,56 @@ import uuid
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.localfilesystem import LocalFileSystem
+from botocore.exceptions import ClientError
 
-from pipeline.aws import RETRY_FOR_SECS, IncompleteReply, call_with_retries
+from pipeline.aws import RETRY_FOR_SECS, ClientFactory, IncompleteReply, call_with_retries, error_code
 from pipeline.runtime import metrics
 
 _RETRIES = metrics.counter("object_retries")
+_ANY_S3 = ClientFactory("s3", None)  # boto3's own region and endpoint, for callers that give none
+_NOT_THERE = frozenset({"NoSuchKey", "404"})
 
 
 def join_path(base: str, name: str) -> str:
     return FileSystems.join(base.rstrip("/"), name) if base else name
 
 
-def write_object(path: str, body: bytes, retry_for_secs: float = RETRY_FOR_SECS) -> int:
+def split_s3_path(path: str) -> tuple[str, str] | None:
+    """(bucket, key) of an s3:// path, None for any other."""
+    if not path.startswith("s3://"):
+        return None
+    bucket, _, key = path[len("s3://") :].partition("/")
+    return bucket, key
+
+
+def write_object(
+    path: str, body: bytes, s3: ClientFactory | None = None, retry_for_secs=RETRY_FOR_SECS
+) -> int:
     """Writes the object; returns how many retries it took."""
-    retries = put_object(path, body, retry_for_secs)
+    retries = put_object(path, body, s3, retry_for_secs)
     count_retries(retries)
     return retries
 
 
-def put_object(path: str, body: bytes, retry_for_secs: float = RETRY_FOR_SECS) -> int:
+def put_object(path: str, body: bytes, s3: ClientFactory | None = None, retry_for_secs=RETRY_FOR_SECS) -> int:
     """write_object without the metric, so it may run off the bundle's thread (Beam's
     metrics belong to the thread running the bundle); the caller counts the retries."""
+    s3_path = split_s3_path(path)
 
     def write():
-        if not isinstance(FileSystems.get_filesystem(path), LocalFileSystem):
+        if s3_path is not None:
+            bucket, key = s3_path
+            (s3 or _ANY_S3).shared().put_object(
+                Bucket=bucket, Key=key, Body=body, ContentType="application/json"
+            )
+        elif isinstance(FileSystems.get_filesystem(path), LocalFileSystem):
+            partial = partial_path(path)
+            with FileSystems.create(partial, mime_type="application/json") as handle:
+                handle.write(body)
+            os.replace(partial, path)  # atomic: a reader sees the old object or the new one
+        else:
             with FileSystems.create(path, mime_type="application/json") as handle:
                 handle.write(body)
-            return
-        partial = partial_path(path)
-        with FileSystems.create(partial, mime_type="application/json") as handle:
-            handle.write(body)
-        os.replace(partial, path)  # atomic: a reader sees the old object or the new one
 
     return call_with_retries(write, f"writing {path}", retry_for_secs)[1]
 
@@ -62,19 +87,35 @@ def count_retries(retries: int) -> None:
     _RETRIES.inc(retries)
 
 
-def read_object(path: str, retry_for_secs: float = RETRY_FOR_SECS) -> bytes | None:
+def read_object(path: str, s3: ClientFactory | None = None, retry_for_secs=RETRY_FOR_SECS) -> bytes | None:
     """The object's bytes, or None when there is none."""
+    s3_path = split_s3_path(path)
 
-    def read():
+    def read_s3():
+        bucket, key = s3_path
+        try:
+            response = (s3 or _ANY_S3).shared().get_object(Bucket=bucket, Key=key)
+        except ClientError as error:
+            if error_code(error) in _NOT_THERE:
+                return None
+            raise
+        return _whole(path, response["Body"].read(), response.get("ContentLength"))
+
+    def read_file():
         if not FileSystems.exists(path):
             return None
         size = FileSystems.get_filesystem(path).metadata(path).size_in_bytes
         with FileSystems.open(path, compression_type="uncompressed") as handle:
-            body = handle.read()
-        if len(body) != size:  # a reply cut in its headers reads as a shorter object
-            raise IncompleteReply(f"reading {path}: {len(body)} of its {size} bytes came")
-        return body
+            return _whole(path, handle.read(), size)
 
-    body, retries = call_with_retries(read, f"reading {path}", retry_for_secs)
+    body, retries = call_with_retries(
+        read_file if s3_path is None else read_s3, f"reading {path}", retry_for_secs
+    )
     _RETRIES.inc(retries)
+    return body
+
+
+def _whole(path: str, body: bytes, size: int | None) -> bytes:
+    if size is not None and len(body) != size:  # a reply cut short can read as a shorter object
+        raise IncompleteReply(f"reading {path}: {len(body)} of its {size} bytes came")
     return body

@@ -12,6 +12,7 @@ without DynamoDB: then there is no checkpoint, and nothing to commit.
 
 import apache_beam as beam
 
+from pipeline.aws import ClientFactory
 from pipeline.rules.ledger import Checkpoint
 from pipeline.sinks.commit import CommitCheckpoints
 from pipeline.sinks.dead_letters import WriteDeadLetters
@@ -31,15 +32,17 @@ class PublishOutputs(beam.PTransform):
         dead_letter_path: str | None = None,
         dynamodb: dict | None = None,
         resume_from: Checkpoint | None = None,
+        s3: ClientFactory | None = None,
     ):
         """`dynamodb`: None, or the tables' settings (region, endpoint_url, level_table,
-        transitions_table, progress_table)."""
+        transitions_table, progress_table); `s3`: the client for s3:// paths."""
         super().__init__()
         self._window_secs = window_secs
         self._snapshot_path = snapshot_path
         self._dead_letter_path = dead_letter_path
         self._dynamodb = dynamodb
         self._resume_from = resume_from
+        self._s3 = s3
 
     def expand(self, outputs):
         written = {}
@@ -53,13 +56,14 @@ class PublishOutputs(beam.PTransform):
             )
         if self._snapshot_path:
             written["Snapshots"] = outputs["snapshots"] | "WriteSnapshots" >> WriteSnapshots(
-                self._snapshot_path, self._window_secs
+                self._snapshot_path, self._window_secs, self._s3
             )
         if self._dead_letter_path:
             written["DeadLetters"] = outputs["dead_letters"] | "WriteDeadLetters" >> WriteDeadLetters(
                 self._dead_letter_path,
                 self._window_secs,
                 after_ms=None if self._resume_from is None else self._resume_from.as_of_ms,
+                s3=self._s3,
             )
         if tables is not None:
             outputs["checkpoints"] | "CommitCheckpoints" >> CommitCheckpoints(

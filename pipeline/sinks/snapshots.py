@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import apache_beam as beam
 
+from pipeline.aws import ClientFactory
 from pipeline.rules.snapshot_format import (
     LEVELS_LATEST,
     TRANSITIONS_LATEST,
@@ -27,8 +28,9 @@ from pipeline.sinks.objects import count_retries, join_path, put_object, read_ob
 _LOG = logging.getLogger(__name__)
 
 
-def publish_snapshot(snapshot_path: str, window_secs: int, snapshot) -> int:
-    """Writes the objects of one snapshot; returns how many were put.
+def publish_snapshot(snapshot_path: str, window_secs: int, snapshot, s3: ClientFactory | None = None) -> int:
+    """Writes the objects of one snapshot (S3 ones with `s3`'s client); returns how many
+    were put.
 
     A retry is harmless: every object's bytes are a function of the window alone
     (deterministic JSON, update_id derived from the window), so rewriting one writes
@@ -47,25 +49,26 @@ def publish_snapshot(snapshot_path: str, window_secs: int, snapshot) -> int:
     ]
     with ThreadPoolExecutor(len(history)) as pool:
         writing = [
-            pool.submit(put_object, join_path(snapshot_path, name), to_json_bytes(body))
+            pool.submit(put_object, join_path(snapshot_path, name), to_json_bytes(body), s3)
             for name, body in history
         ]
-        not_older = _is_not_older_than_latest(snapshot_path, snapshot.window_end_ms)
+        not_older = _is_not_older_than_latest(snapshot_path, snapshot.window_end_ms, s3)
         count_retries(sum(write.result() for write in writing))
     if not not_older:
         return len(history)
     write_object(
         join_path(snapshot_path, TRANSITIONS_LATEST),
         to_json_bytes(transition_information(snapshot, window_secs)),
+        s3,
     )
     write_object(
-        join_path(snapshot_path, LEVELS_LATEST), to_json_bytes(level_information(snapshot, window_secs))
+        join_path(snapshot_path, LEVELS_LATEST), to_json_bytes(level_information(snapshot, window_secs)), s3
     )
     return len(history) + 2
 
 
-def _is_not_older_than_latest(snapshot_path: str, window_end_ms: int) -> bool:
-    current = read_object(join_path(snapshot_path, LEVELS_LATEST))
+def _is_not_older_than_latest(snapshot_path: str, window_end_ms: int, s3: ClientFactory | None) -> bool:
+    current = read_object(join_path(snapshot_path, LEVELS_LATEST), s3)
     if current is None:
         return True
     try:
@@ -77,25 +80,27 @@ def _is_not_older_than_latest(snapshot_path: str, window_end_ms: int) -> bool:
 
 
 class _WriteSnapshotFn(beam.DoFn):
-    def __init__(self, snapshot_path: str, window_secs: int):
+    def __init__(self, snapshot_path: str, window_secs: int, s3: ClientFactory | None):
         self._path = snapshot_path
         self._window_secs = window_secs
+        self._s3 = s3
         self._puts = metrics.counter("snapshot_objects_written")
 
     def process(self, snapshot):
-        self._puts.inc(publish_snapshot(self._path, self._window_secs, snapshot))
+        self._puts.inc(publish_snapshot(self._path, self._window_secs, snapshot, self._s3))
         yield snapshot.window_end_ms
 
 
 class WriteSnapshots(beam.PTransform):
     """Snapshot -> its objects; returns the window end (ms) of each window published."""
 
-    def __init__(self, snapshot_path: str, window_secs: int):
+    def __init__(self, snapshot_path: str, window_secs: int, s3: ClientFactory | None = None):
         super().__init__()
         self._path = snapshot_path
         self._window_secs = window_secs
+        self._s3 = s3
 
     def expand(self, snapshots):
         return snapshots | "WriteSnapshotObjects" >> beam.ParDo(
-            _WriteSnapshotFn(self._path, self._window_secs)
+            _WriteSnapshotFn(self._path, self._window_secs, self._s3)
         )
