@@ -47,9 +47,9 @@ def install():
 
     original_publish = snapshots.publish_snapshot
 
-    def publish_snapshot(path, window_secs, snapshot):
+    def publish_snapshot(path, window_secs, snapshot, s3=None):
         started = time.time()
-        puts = original_publish(path, window_secs, snapshot)
+        puts = original_publish(path, window_secs, snapshot, s3)
         _append("publishes", (snapshot.window_end_ms, started, time.time()))
         return puts
 
