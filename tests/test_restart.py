@@ -7,7 +7,6 @@ objects and dead letters (each once).
 """
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import pytest
 from pipeline.apps.producer import put_records
 from pipeline.apps.simulator import SimulationSettings, simulate
 from pipeline.testing.aws_server import REGION, make_stream
+from pipeline.testing.crash import run_to_be_killed
 from pipeline.testing.outputs import assert_history_equals_model, read_dead_letters, read_history
 from pipeline.testing.reference_model import model_snapshots, model_transition_totals
 
@@ -106,16 +106,12 @@ def test_kill_9_then_restart_gives_the_model(moto_endpoint, kill_at):
             return first_history_object(s3, bucket)
         return committed_as_of(dynamodb, f"{name}-progress") is not None
 
-    victim = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with run_to_be_killed(command, ROOT) as victim:  # SIGKILLed on leaving the block
         deadline = time.monotonic() + 300
         while not reached():
             assert victim.poll() is None, f"the run ended before its {kill_at}"
             assert time.monotonic() < deadline, f"no {kill_at} within 300 s"
             time.sleep(0.05)
-        victim.send_signal(signal.SIGKILL)
-    finally:
-        victim.wait(timeout=60)
     killed_at = committed_as_of(dynamodb, f"{name}-progress")
     assert killed_at is None or killed_at < last_window_end, "killed too late: everything was committed"
 

@@ -6,7 +6,6 @@ restart` runs it at 50,000 pairs over 1,000 levels (issue 14's "many levels").
 
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import boto3
 
 from pipeline.rules.observations import Observation
 from pipeline.rules.tables import PIPELINE_NAME
+from pipeline.testing.crash import run_to_be_killed
 from pipeline.testing.enriched_lines import enriched_line, level_context
 from pipeline.testing.reference_model import model_snapshots
 
@@ -97,17 +97,13 @@ def kill_after_checkpoint_in_parts_then_restart(
             return None
 
     started = time.monotonic()
-    victim = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with run_to_be_killed(command, ROOT) as victim:  # SIGKILLed on leaving the block
         while not (head() and "partsDigest" in head()):
             assert victim.poll() is None, "the run ended before committing a checkpoint in parts"
             assert time.monotonic() < started + timeout_secs, (
                 f"no checkpoint in parts within {timeout_secs} s"
             )
             time.sleep(0.2)
-        victim.send_signal(signal.SIGKILL)
-    finally:
-        victim.wait(timeout=60)
     killed_after = time.monotonic() - started
     killed_head = head()
     killed_at = int(killed_head["asOf"]["N"])
