@@ -68,10 +68,30 @@ class AwsCallFailed(RuntimeError):
 
 class IncompleteReply(ConnectionError):
     """A reply cut short that the client took for a whole one. When a connection closes in
-    the middle of a JSON answer's headers or body, botocore hands back an empty answer
-    ({}, or {"message": <the part that came>}) without an error: a GetRecords without
-    Records would read as "the shard has ended". Transient (a ConnectionError): the call
-    is made again."""
+    the middle of an answer's headers, http.client ends the headers there and botocore
+    hands back an empty answer ({}, an empty object body) without an error: a GetItem
+    would read as "no checkpoint", a GetRecords without Records as "the shard has
+    ended". Transient (a ConnectionError): the call is made again."""
+
+
+_BODILESS = frozenset({204, 304})
+
+
+def reject_cut_replies(response_dict, operation_model, **_):
+    """botocore's before-parse hook on every client made here: an answer that does not
+    say how long it is (every AWS answer with a body carries Content-Length or is
+    chunked), or whose body is shorter than it says, was cut short: IncompleteReply
+    instead of an empty answer. (A streamed body, GetObject's, is checked as it is read.)"""
+    headers = response_dict.get("headers") or {}
+    if response_dict.get("status_code") in _BODILESS:
+        return
+    length = headers.get("content-length")
+    if length is None and "transfer-encoding" not in headers:
+        raise IncompleteReply(f"{operation_model.name}: the reply was cut short in its headers")
+    body = response_dict.get("body")
+    identity = headers.get("content-encoding", "identity") == "identity"
+    if identity and isinstance(body, bytes) and length is not None and len(body) < int(length):
+        raise IncompleteReply(f"{operation_model.name}: {len(body)} of the reply's {length} bytes came")
 
 
 def require(response: dict, *keys: str, what: str) -> dict:
@@ -212,11 +232,19 @@ class ClientFactory:
     """A boto3 client made on demand, where it is used: picklable, so a DoFn carries the
     factory and makes its client in setup()."""
 
-    def __init__(self, service: str, region: str, endpoint_url: str | None = None, **config):
+    def __init__(
+        self,
+        service: str,
+        region: str,
+        endpoint_url: str | None = None,
+        client_args: dict | None = None,
+        **config,
+    ):
         self.service = service
         self.region = region
         self.endpoint_url = endpoint_url
-        self.config = config
+        self.client_args = dict(client_args or {})  # more of boto3's client(...) arguments: keys, verify
+        self.config = config  # botocore Config settings
 
     def __call__(self):
         import boto3
@@ -229,14 +257,28 @@ class ClientFactory:
             "read_timeout": 30,
         }
         settings.update(self.config)
-        return boto3.client(
-            self.service, region_name=self.region, endpoint_url=self.endpoint_url, config=Config(**settings)
+        # A session of its own: boto3's default session is not thread-safe, and DoFns on
+        # several threads may make their clients at the same moment.
+        client = boto3.session.Session().client(
+            self.service,
+            region_name=self.region,
+            endpoint_url=self.endpoint_url,
+            config=Config(**settings),
+            **self.client_args,
         )
+        client.meta.events.register("before-parse", reject_cut_replies)
+        return client
 
     def shared(self):
         """One client per process for these settings, made on first use: boto3 clients
         are thread-safe, and making one costs far more than a call (tens of ms)."""
-        key = (self.service, self.region, self.endpoint_url, repr(sorted(self.config.items())))
+        key = (
+            self.service,
+            self.region,
+            self.endpoint_url,
+            repr(sorted(self.client_args.items())),
+            repr(sorted(self.config.items())),
+        )
         with _SHARED_LOCK:
             client = _SHARED_CLIENTS.get(key)
             if client is None:

@@ -238,11 +238,22 @@ def _stop_quietly(result, status: RunStatus):
 
 
 def s3_client_factory(options: PipelineOptions) -> ClientFactory:
-    """The client for s3:// snapshots, dead letters and the status object: Beam's
-    --s3_region_name and --s3_endpoint_url, which parse_options fills from --aws_region
-    and --aws_endpoint_url."""
+    """The client for s3:// snapshots, dead letters and the status object, made from Beam's
+    S3 options as Beam's own S3 filesystem makes its client (so --input on s3:// and the
+    outputs use the same keys): --s3_region_name and --s3_endpoint_url (which
+    parse_options fills from --aws_region and --aws_endpoint_url), and, when given,
+    --s3_access_key_id, --s3_secret_access_key, --s3_session_token, --s3_verify and
+    --s3_disable_ssl."""
     s3 = options.view_as(S3Options)
-    return ClientFactory("s3", s3.s3_region_name, s3.s3_endpoint_url)
+    given = {
+        "aws_access_key_id": s3.s3_access_key_id,
+        "aws_secret_access_key": s3.s3_secret_access_key,
+        "aws_session_token": s3.s3_session_token,
+        "verify": s3.s3_verify,
+        "use_ssl": False if s3.s3_disable_ssl else None,
+    }
+    client_args = {name: value for name, value in given.items() if value is not None}
+    return ClientFactory("s3", s3.s3_region_name, s3.s3_endpoint_url, client_args)
 
 
 def _status_writer(snapshot_path: str | None, s3: ClientFactory):

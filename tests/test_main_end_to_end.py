@@ -11,7 +11,7 @@ import time
 import pytest
 
 from pipeline.apps.simulator import SimulationSettings, simulate, write_lines
-from pipeline.main import run
+from pipeline.main import parse_options, run, s3_client_factory
 from pipeline.rules.observations import BadLine, DeadLetter, line_event_time_ms, parse_enriched_line
 from pipeline.rules.times import iso_utc, window_start
 from pipeline.runtime.run_status import STATUS_OBJECT
@@ -126,6 +126,29 @@ def test_bad_options_stop_with_a_message_saying_what_to_change(args, message):
     result = run_main(*args)
     assert result.returncode != 0
     assert message in result.stderr
+
+
+def test_the_outputs_s3_client_takes_beams_s3_options_as_its_input_does():
+    """--input on s3:// goes through Beam's S3 filesystem, the snapshots and dead letters
+    through the project's own client: the same --s3_* keys must reach both."""
+    options = parse_options(
+        [
+            "--input=s3://in/*.tsv",
+            "--snapshot_path=s3://out/snapshots",
+            "--aws_region=eu-west-1",
+            "--s3_access_key_id=AKIAOUTPUTS",
+            "--s3_secret_access_key=outputs-secret",
+            "--s3_session_token=outputs-token",
+        ]
+    )
+    client = s3_client_factory(options)()
+    credentials = client._request_signer._credentials.get_frozen_credentials()
+    assert (credentials.access_key, credentials.secret_key, credentials.token) == (
+        "AKIAOUTPUTS",
+        "outputs-secret",
+        "outputs-token",
+    )
+    assert client.meta.region_name == "eu-west-1"
 
 
 class InterruptedAsAClosedCall:
