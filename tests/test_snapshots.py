@@ -8,6 +8,7 @@ import threading
 
 import pytest
 
+from pipeline.aws import AwsCallFailed
 from pipeline.rules.snapshot_format import (
     LEVELS_LATEST,
     TRANSITIONS_LATEST,
@@ -96,6 +97,20 @@ def test_a_local_object_is_renamed_into_place_whole_so_a_reader_never_sees_half_
     assert is_partial(partial_name) and not is_partial(LEVELS_LATEST)
     assert target.read_bytes() == b'{"new": true}\n'
     assert os.listdir(tmp_path) == [LEVELS_LATEST]
+
+
+def test_a_local_write_that_fails_leaves_no_partial_object_behind(tmp_path, monkeypatch):
+    target = tmp_path / LEVELS_LATEST
+    target.write_bytes(b'{"old": true}\n')
+
+    def disk_full(source, destination):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(objects.os, "replace", disk_full)
+    with pytest.raises(AwsCallFailed, match="No space left"):
+        objects.write_object(str(target), b'{"new": true}\n', retry_for_secs=0.5)  # several tries
+    assert os.listdir(tmp_path) == [LEVELS_LATEST]
+    assert target.read_bytes() == b'{"old": true}\n'
 
 
 def test_a_history_window_read_with_one_document_alone_is_a_mismatch_not_a_crash(tmp_path):

@@ -17,6 +17,7 @@ one; an S3 object appears whole by itself. Retries count in the `object_retries`
 (within a DoFn; the run's status thread writes outside of one and is not counted).
 """
 
+import contextlib
 import os
 import uuid
 
@@ -66,9 +67,14 @@ def put_object(path: str, body: bytes, s3: ClientFactory | None = None, retry_fo
             )
         elif isinstance(FileSystems.get_filesystem(path), LocalFileSystem):
             partial = partial_path(path)
-            with FileSystems.create(partial, mime_type="application/json") as handle:
-                handle.write(body)
-            os.replace(partial, path)  # atomic: a reader sees the old object or the new one
+            try:
+                with FileSystems.create(partial, mime_type="application/json") as handle:
+                    handle.write(body)
+                os.replace(partial, path)  # atomic: a reader sees the old object or the new one
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.remove(partial)  # the next try writes a partial of its own
+                raise
         else:
             with FileSystems.create(path, mime_type="application/json") as handle:
                 handle.write(body)
