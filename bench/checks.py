@@ -7,7 +7,7 @@ import bisect
 from collections import defaultdict
 
 from pipeline.rules.times import iso_utc
-from pipeline.testing.outputs import read_history
+from pipeline.testing.outputs import read_history_and_unpaired
 from pipeline.testing.reference_model import model_snapshots, model_transitions, snapshot_as_files
 
 
@@ -61,7 +61,10 @@ def check_run(
     every UpdateItem (table, key, as_of, started, ended, value), each checked too."""
     mismatches = []
     expected = model_snapshots(observations, timeout_secs, window_secs)
-    history = read_history(snapshot_path, s3)
+    history, unpaired = read_history_and_unpaired(snapshot_path, s3)
+    mismatches += [
+        f"window {name.removesuffix('.json')}: one of its two documents only" for name in unpaired[:3]
+    ]
     expected_names = {iso_utc(end): end for end in expected}
     for name, (level_doc, transition_doc) in sorted(history.items()):
         if name not in expected_names:

@@ -41,14 +41,22 @@ def read_history(snapshot_path: str, s3=None) -> dict:
     """{window_end_iso: (levels document, transitions document)} of the history objects.
     A window with only one of its two documents fails as a mismatch (the pair is written
     one after the other, so a reader polling a running job can see one alone)."""
+    history, unpaired = read_history_and_unpaired(snapshot_path, s3)
+    assert not unpaired, f"history windows with one of their two documents only: {unpaired}"
+    return history
+
+
+def read_history_and_unpaired(snapshot_path: str, s3=None) -> tuple[dict, list]:
+    """(read_history's windows with both documents, the names of those with one only)."""
     levels = read_objects(snapshot_path, "history/levels/", s3)
     transitions = read_objects(snapshot_path, "history/transitions/", s3)
     unpaired = sorted(set(levels) ^ set(transitions))
-    assert not unpaired, f"history windows with one of their two documents only: {unpaired}"
-    return {
+    history = {
         name[: -len(".json")]: (json.loads(body), json.loads(transitions[name]))
         for name, body in levels.items()
+        if name in transitions
     }
+    return history, unpaired
 
 
 def read_history_bytes(snapshot_path: str, s3=None) -> dict:
