@@ -357,12 +357,12 @@ def toxiproxy():
 def test_through_a_chaos_proxy_the_outputs_are_exact(moto_endpoint, toxiproxy, tmp_path, fault):
     """20 s of the fault once the first window was published: connections refused for 10 s
     then reset for 10 s; or 2 s added to every reply; or every connection cut in the middle
-    of its first reply for 10 s (each call carried out, its answer lost: botocore reads most
-    as empty answers), then half of them for 10 s.
+    of its first reply for 10 s (each call carried out, its answer lost), then half of them
+    for 10 s.
 
-    The cuts start at every connection for a reason: at half, botocore's own quick retries
-    on a fresh connection absorb nearly every cut before the pipeline's backoff sees one
-    (with one pooled client per process, a run could pass 20 s without a visible retry)."""
+    The cuts start at every connection for a reason: Toxiproxy draws the toxicity once per
+    connection, so at half a keep-alive connection it spared could carry a client's calls
+    through the whole fault, and a run could pass without a retry to see."""
     name = "chaos-" + fault.replace(" ", "-")
     proxy = toxiproxy.proxy(name, moto_endpoint.removeprefix("http://"))
     stream, run = backlog_scenario(moto_endpoint, proxy.endpoint, name, tmp_path)
