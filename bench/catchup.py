@@ -95,6 +95,11 @@ def catch_up(
         "put_secs": put_secs,
         "plain_read_per_s": read / read_secs,
         "catch_up_secs": busy,
+        # Which came last: the ledger closing the last instant, or its DynamoDB writes.
+        "last_close_secs": closed - first_read if closed is not None and first_read is not None else None,
+        "last_write_secs": writes_done - first_read
+        if writes_done is not None and first_read is not None
+        else None,
         "pipeline_per_s": n / busy if busy else None,
         "vs_plain_read": (n / busy) / (read / read_secs) if busy else None,
         "startup_secs": first_read - result["started_at"] if first_read else None,

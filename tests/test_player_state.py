@@ -99,3 +99,38 @@ def test_wake_is_the_earliest_pending_observation_or_the_timeout():
 
 def test_transition_keys_use_empty_for_outside():
     assert Transition("", "a", 0).key == "/a" and Transition("a", "", 0).key == "a/"
+
+
+def one_wake_per_instant(timeline, pending, until_ms):
+    """What the tracker did before advance_through: a timer at each wake instant, one
+    `advance` per firing."""
+    transitions = []
+    while (wake := timeline.wake_at_ms(TIMEOUT)) is not None and wake <= until_ms:
+        timeline, made, pending = timeline.advance(pending, wake, TIMEOUT)
+        transitions += made
+    return timeline, transitions, sorted(pending, key=lambda p: (p.time_ms, p.seq))
+
+
+def test_advancing_through_many_instants_at_once_equals_one_wake_per_instant():
+    import random
+
+    rng = random.Random(7)
+    for _ in range(300):
+        timeline, pending = PlayerTimeline(), []
+        # Observations over 20 minutes, some at equal instants, some duplicated (even
+        # of the previous instant, where the frontier matters), gaps beyond the timeout.
+        times = sorted(rng.choice([0, 1, 1, 2, 5, 299, 300, 301, 700]) * S for _ in range(rng.randint(1, 12)))
+        times = [sum(times[: i + 1]) for i in range(len(times))]
+        arrivals = [(t, rng.choice("abc"), (f"e{i}", 0)) for i, t in enumerate(times)]
+        arrivals += [rng.choice(arrivals) for _ in range(rng.randint(0, 3))]
+        rng.shuffle(arrivals)
+        split = rng.randint(0, len(arrivals))
+        # A first batch, a watermark at a random instant, then the rest and the end.
+        for batch, until in ((arrivals[:split], rng.choice(times)), (arrivals[split:], 10**12)):
+            for time_ms, level, observation_id in batch:
+                if not timeline.is_late(time_ms):
+                    timeline, item = timeline.accept(time_ms, level, observation_id)
+                    pending.append(item)
+            expected = one_wake_per_instant(timeline, pending, until)
+            timeline, made, pending = timeline.advance_through(pending, until, TIMEOUT)
+            assert (timeline, made, pending) == expected

@@ -183,3 +183,39 @@ def test_at_the_end_of_input_every_player_leaves_and_every_count_returns_to_zero
     assert {level: n for level, n in counts.items() if level} == {"a": 0, "b": 0, "c": 0}
     assert counts[""] == 0  # every player who entered also left
     assert len(out["transitions"]) == 9  # 4 players enter, p1 moves once, 4 leave
+
+
+def test_on_prism_a_players_backlog_is_applied_in_a_few_wakes_not_one_per_instant():
+    """Ten observations of one player, all behind the watermark by the time their
+    timers fire (as in a backlog): the LAST timer applies every instant at once, so
+    the player wakes three times (the first instant, the last, the timeout) with the
+    same transitions as one wake per instant would give. Checked once without LAST:
+    11 wakes, one per instant and one for the timeout."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    from pipeline.runtime import engines
+
+    opts = PipelineOptions(["--streaming"])
+    engines.choose_engine(opts, streaming=True)  # Prism, as a stream runs
+    levels = "abcab" * 2
+    COLLECTED.clear()
+    pipeline = beam.Pipeline(options=opts)
+    parsed = (
+        pipeline
+        | beam.Create([record(f"e{n}", 10 * n, "p1", level) for n, level in enumerate(levels)])
+        | "ParseEvents" >> ParseEnrichedEvents()
+    )
+    tracked = parsed[ParseEnrichedEvents.OBSERVATIONS] | "TrackPlayers" >> TrackPlayerLevels(timeout_secs=300)
+    transitions = tracked[TrackPlayerLevels.TRANSITIONS] | "WithTime" >> beam.Map(with_time)
+    transitions | beam.ParDo(Collect("transitions"))
+    result = pipeline.run()
+    result.wait_until_finish()
+
+    expected = (
+        [("/a", 0.0, 0.0)]
+        + [(f"{levels[n - 1]}/{levels[n]}", 10.0 * n, 10.0 * n) for n in range(1, 10)]
+        + [("b/", 390.0, 390.0)]
+    )
+    assert sorted(COLLECTED["transitions"], key=lambda t: t[1]) == expected
+    wakes = result.metrics().query(MetricsFilter().with_name("player_wakes"))["counters"]
+    assert sum(counter.committed for counter in wakes) == 3

@@ -47,13 +47,21 @@ def _read_player(player_state) -> tuple:
 
 class _TrackPlayerFn(beam.DoFn):
     """Keyed by player. Buffers observations and applies them in event-time order
-    when the watermark passes them (one event-time timer, set to the earliest
-    pending observation or the player's timeout), so arrival order never matters.
+    when the watermark passes them, so arrival order never matters.
 
-    The timer's hold keeps the output watermark at or before every transition still
-    to be emitted, so transitions are never late downstream. An observation earlier
-    than what was already applied is late: dead-lettered, never applied.
-    State is cleared when the player has left and nothing is pending.
+    Two event-time timers. WAKE is at the earliest instant the player needs looking
+    at (their earliest pending observation or their timeout): its hold keeps the
+    output watermark at or before every transition still to be emitted, so
+    transitions are never late downstream. LAST is at their latest pending
+    observation, set only while it is later than WAKE: when the watermark has passed
+    it too (a backlog read faster than the watermark moved), that one wake applies
+    every pending instant, instead of one wake, state write and timer per instant in
+    turn (`PlayerTimeline.advance_through` gives exactly what those wakes give).
+    Either timer applies every instant up to its own time; the other then finds
+    nothing due and does nothing.
+
+    An observation earlier than what was already applied is late: dead-lettered,
+    never applied. State is cleared when the player has left and nothing is pending.
     """
 
     # One cell per player (_StoredPlayer: the timeline and its pending observations):
@@ -61,12 +69,14 @@ class _TrackPlayerFn(beam.DoFn):
     # and state calls are what a stream's throughput is spent on (README "Performance").
     PLAYER = ReadModifyWriteStateSpec("player", PickleCoder())
     WAKE = TimerSpec("wake", TimeDomain.WATERMARK)
+    LAST = TimerSpec("last", TimeDomain.WATERMARK)
 
     def __init__(self, timeout_ms: int):
         self._timeout_ms = timeout_ms
         self._transitions = metrics.counter("transitions")
         self._late = metrics.counter("late_observations")
         self._timeouts = metrics.counter("player_timeouts")
+        self._wakes = metrics.counter("player_wakes")
 
     def setup(self):
         tune_sdk_worker()
@@ -76,6 +86,7 @@ class _TrackPlayerFn(beam.DoFn):
         element,
         player_state=beam.DoFn.StateParam(PLAYER),
         wake=beam.DoFn.TimerParam(WAKE),
+        last=beam.DoFn.TimerParam(LAST),
     ):
         _, observation = element
         timeline, pending = _read_player(player_state)
@@ -94,14 +105,19 @@ class _TrackPlayerFn(beam.DoFn):
             )
             return
         wake_before = timeline.wake_at_ms(self._timeout_ms)
+        last_before = _latest(pending)
         timeline, item = timeline.accept(
             observation.event_time_ms, observation.level, (observation.event_id, observation.index)
         )
         player_state.write(_StoredPlayer(timeline, (*pending, item)))
-        # One timer per key: move it only when this observation is needed earlier.
+        # Move a timer only when this observation changes it (each set is a write to the runner).
         wake_ms = timeline.wake_at_ms(self._timeout_ms)
         if wake_ms != wake_before:
             wake.set(ms_to_timestamp(wake_ms))
+        last_ms = max(last_before, item.time_ms) if last_before is not None else item.time_ms
+        last_was_set = last_before is not None and last_before > wake_before
+        if last_ms > wake_ms and (last_ms != last_before or not last_was_set):
+            last.set(ms_to_timestamp(last_ms))
 
     @on_timer(WAKE)
     def on_wake(
@@ -109,11 +125,32 @@ class _TrackPlayerFn(beam.DoFn):
         fired_at=beam.DoFn.TimestampParam,
         player_state=beam.DoFn.StateParam(PLAYER),
         wake=beam.DoFn.TimerParam(WAKE),
+        last=beam.DoFn.TimerParam(LAST),
     ):
-        timeline, pending = _read_player(player_state)
-        timeline, transitions, later = timeline.advance(
-            list(pending), timestamp_to_ms(fired_at), self._timeout_ms
-        )
+        # LAST, if set, stays right: applying the earliest instants leaves the latest pending.
+        yield from self._advance(fired_at, player_state, wake, last, last_fired=False)
+
+    @on_timer(LAST)
+    def on_last(
+        self,
+        fired_at=beam.DoFn.TimestampParam,
+        player_state=beam.DoFn.StateParam(PLAYER),
+        wake=beam.DoFn.TimerParam(WAKE),
+        last=beam.DoFn.TimerParam(LAST),
+    ):
+        yield from self._advance(fired_at, player_state, wake, last, last_fired=True)
+
+    def _advance(self, fired_at, player_state, wake, last, last_fired: bool):
+        stored = player_state.read()
+        if stored is None:
+            return  # the player left: a timer set before that has nothing to do
+        timeline, pending = stored.timeline, stored.pending
+        fired_ms = timestamp_to_ms(fired_at)
+        due_ms = timeline.wake_at_ms(self._timeout_ms)
+        if due_ms is None or due_ms > fired_ms:
+            return  # the other timer already applied everything up to here
+        self._wakes.inc()
+        timeline, transitions, later = timeline.advance_through(pending, fired_ms, self._timeout_ms)
         for transition in transitions:
             self._transitions.inc()
             if not transition.to_level:
@@ -123,7 +160,14 @@ class _TrackPlayerFn(beam.DoFn):
             player_state.clear()  # the player left: nothing of them stays
             return
         player_state.write(_StoredPlayer(timeline, tuple(later)))
-        wake.set(ms_to_timestamp(timeline.wake_at_ms(self._timeout_ms)))
+        wake_ms = timeline.wake_at_ms(self._timeout_ms)
+        wake.set(ms_to_timestamp(wake_ms))
+        if last_fired and later and later[-1].time_ms > wake_ms:
+            last.set(ms_to_timestamp(later[-1].time_ms))
+
+
+def _latest(pending) -> int | None:
+    return max((p.time_ms for p in pending), default=None)
 
 
 class _ReplayPlayerFn(beam.DoFn):
