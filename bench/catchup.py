@@ -69,6 +69,10 @@ def catch_up(
     result = child_result(child, timeout_secs=3600)
     peaks = memory.stop()
     first_read = result["read_times"][0] if result["read_times"] else None
+
+    def since_first_read(wall):
+        return wall - first_read if wall is not None and first_read is not None else None
+
     last_event = max(t for t in map(line_time_ms, stream.lines) if t is not None)
     last_final = last_event - OUT_OF_ORDERNESS_MS
     last_instant = last_final - last_final % UPDATE_MS
@@ -80,7 +84,7 @@ def catch_up(
         (w[4] for w in result["writes"] if w[2] <= last_instant and "-progress" not in w[0]), default=closed
     )
     done = max(closed, writes_done) if closed is not None else None
-    busy = done - first_read if done is not None and first_read is not None else None
+    busy = since_first_read(done)
     check = checks.check_run(
         stream.observations, out, dynamodb=dynamodb, tables=tables[:2], finished=True, writes=result["writes"]
     )
@@ -96,10 +100,8 @@ def catch_up(
         "plain_read_per_s": read / read_secs,
         "catch_up_secs": busy,
         # Which came last: the ledger closing the last instant, or its DynamoDB writes.
-        "last_close_secs": closed - first_read if closed is not None and first_read is not None else None,
-        "last_write_secs": writes_done - first_read
-        if writes_done is not None and first_read is not None
-        else None,
+        "last_close_secs": since_first_read(closed),
+        "last_write_secs": since_first_read(writes_done),
         "pipeline_per_s": n / busy if busy else None,
         "vs_plain_read": (n / busy) / (read / read_secs) if busy else None,
         "startup_secs": first_read - result["started_at"] if first_read else None,
