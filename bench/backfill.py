@@ -296,7 +296,6 @@ def restart_at_size(work: str, pairs: int = 50_000, levels: int = 1000, extra_fl
     then restarted (pipeline.testing.many_pairs); outputs checked against the model."""
     import boto3
 
-    from pipeline.apps.producer import put_records
     from pipeline.rules.tables import PIPELINE_NAME
     from pipeline.sinks.dynamodb import read_checkpoint
     from pipeline.testing.aws_server import REGION, MotoServer
@@ -307,9 +306,9 @@ def restart_at_size(work: str, pairs: int = 50_000, levels: int = 1000, extra_fl
     name = "many-pairs"
     out = f"{work}/many-pairs"
     with MotoServer() as moto:
-        put_records(moto.make_stream(name, shards=2), name, lines)
+        moto.make_stream(name, shards=2)
         figures = kill_after_checkpoint_in_parts_then_restart(
-            moto.endpoint, REGION, name, observations, out, extra_flags, timeout_secs=3600
+            moto.endpoint, REGION, name, lines, observations, out, extra_flags, timeout_secs=3600
         )
         dynamodb = boto3.client("dynamodb", endpoint_url=moto.endpoint, region_name=REGION)
         assert_history_equals_model(read_history(out), observations, 300, 60)

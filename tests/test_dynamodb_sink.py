@@ -444,17 +444,19 @@ def test_parts_that_do_not_add_up_fail_loudly(tables):
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # two runs over 16,000 events on Prism: about 10 minutes on 2 cores
 def test_a_restart_from_a_checkpoint_in_parts_gives_the_model(moto_endpoint, tmp_path):
-    """Killed (SIGKILL) once it has committed a checkpoint too big for one item, then run
-    again with the same flags: the tables and the history equal the model's."""
-    from pipeline.apps.producer import put_records
+    """Killed (SIGKILL) once it has committed a checkpoint too big for one item, before the
+    last fifth of the stream is put, then run again over the whole stream: the tables and
+    the history equal the model's."""
     from pipeline.testing.aws_server import make_stream
     from pipeline.testing.many_pairs import kill_after_checkpoint_in_parts_then_restart, many_pairs_stream
     from pipeline.testing.outputs import assert_history_equals_model, assert_tables_equal_model, read_history
 
     lines, observations = many_pairs_stream()
     name = "many-pairs"
-    put_records(make_stream(moto_endpoint, name, shards=2), name, lines)
-    kill_after_checkpoint_in_parts_then_restart(moto_endpoint, REGION, name, observations, f"{tmp_path}/out")
+    make_stream(moto_endpoint, name, shards=2)
+    kill_after_checkpoint_in_parts_then_restart(
+        moto_endpoint, REGION, name, lines, observations, f"{tmp_path}/out"
+    )
     assert_history_equals_model(read_history(f"{tmp_path}/out"), observations, 300, 60)
     assert_tables_equal_model(
         client_for(moto_endpoint), f"{name}-transitions", f"{name}-levels", observations

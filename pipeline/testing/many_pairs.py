@@ -47,15 +47,16 @@ def many_pairs_stream(players=8000, levels=1000, seed=8):
     return [line for _, line, _ in timed], [observation for _, _, observation in timed]
 
 
-def catch_up_flags(endpoint: str, name: str, snapshot_path: str, extra_flags=()) -> list:
-    """`pipeline.main`'s flags for stream `name` read from its start, ending once idle,
-    writing tables named after the stream; `extra_flags` come last, so they win."""
+def catch_up_flags(endpoint: str, name: str, snapshot_path: str, extra_flags=(), stop_when_idle=True) -> list:
+    """`pipeline.main`'s flags for stream `name` read from its start, ending once idle
+    (unless `stop_when_idle` is false), writing tables named after the stream;
+    `extra_flags` come last, so they win."""
     return [
         f"--stream_name={name}",
         f"--aws_endpoint_url={endpoint}",
         "--initial_position=TRIM_HORIZON",
         "--max_out_of_orderness_secs=10",
-        "--stop_when_idle_secs=3",
+        *(["--stop_when_idle_secs=3"] if stop_when_idle else []),
         f"--snapshot_path={snapshot_path}",
         "--write_dynamodb",
         "--create_tables",
@@ -66,27 +67,49 @@ def catch_up_flags(endpoint: str, name: str, snapshot_path: str, extra_flags=())
     ]
 
 
-def restart_command(endpoint: str, region: str, name: str, snapshot_path: str, extra_flags=()) -> list:
+def restart_command(
+    endpoint: str, region: str, name: str, snapshot_path: str, extra_flags=(), stop_when_idle=True
+) -> list:
     """The process that catch_up_flags describes."""
-    flags = catch_up_flags(endpoint, name, snapshot_path, [f"--aws_region={region}", *extra_flags])
+    flags = catch_up_flags(
+        endpoint, name, snapshot_path, [f"--aws_region={region}", *extra_flags], stop_when_idle
+    )
     return [sys.executable, "-m", "pipeline.main", *flags]
+
+
+# Shards stay silent between the two puts for as long as the first run takes to commit a
+# checkpoint in parts; they must keep holding the watermark at the records read, or the
+# rest of the stream would arrive behind it (late) after the restart.
+HOLD_WATERMARK = ("--idle_shard_secs=86400",)
 
 
 def kill_after_checkpoint_in_parts_then_restart(
     endpoint: str,
     region: str,
     name: str,
+    lines: list,
     observations: list,
     snapshot_path: str,
     extra_flags=(),
     timeout_secs: int = 900,
+    first_share: float = 0.8,
 ) -> dict:
-    """Runs `pipeline.main` over stream `name` (already filled), SIGKILLs it as soon as it
-    has committed a checkpoint split into parts, before it has committed everything, and
-    runs it again with the same flags to the end. Asserts that it happened so; returns
-    how long each run took and the checkpoint's size when killed."""
-    command = restart_command(endpoint, region, name, snapshot_path, extra_flags)
+    """Puts the first `first_share` of `lines` into stream `name` (it exists, empty) and
+    runs `pipeline.main` over it; SIGKILLs it as soon as it has committed a checkpoint
+    split into parts; puts the rest of the lines and runs it again to the end. The first
+    run cannot commit everything, whatever its speed: the rest is not in the stream yet,
+    and its watermark stays behind the records it has read (HOLD_WATERMARK). Both runs
+    have the same flags, except that only the second stops once idle (the first would
+    otherwise stop, and close everything, before it is killed). Asserts that it happened
+    so; returns how long each run took and the checkpoint's size when killed."""
+    from pipeline.apps.producer import put_records
+
+    flags = [*HOLD_WATERMARK, *extra_flags]
+    first = restart_command(endpoint, region, name, snapshot_path, flags, stop_when_idle=False)
+    command = restart_command(endpoint, region, name, snapshot_path, flags)
     client = boto3.client("dynamodb", region_name=region, endpoint_url=endpoint)
+    kinesis = boto3.client("kinesis", region_name=region, endpoint_url=endpoint)
+    split = int(len(lines) * first_share)
 
     def head():
         try:
@@ -96,8 +119,9 @@ def kill_after_checkpoint_in_parts_then_restart(
         except client.exceptions.ResourceNotFoundException:
             return None
 
+    put_records(kinesis, name, lines[:split])
     started = time.monotonic()
-    with run_to_be_killed(command, ROOT) as victim:  # SIGKILLed on leaving the block
+    with run_to_be_killed(first, ROOT) as victim:  # SIGKILLed on leaving the block
         while not (head() and "partsDigest" in head()):
             assert victim.poll() is None, "the run ended before committing a checkpoint in parts"
             assert time.monotonic() < started + timeout_secs, (
@@ -111,6 +135,7 @@ def kill_after_checkpoint_in_parts_then_restart(
         "killed too late: everything was committed"
     )
 
+    put_records(kinesis, name, lines[split:])
     started = time.monotonic()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout_secs)
     restart_secs = time.monotonic() - started

@@ -10,7 +10,9 @@ from apache_beam.runners.worker.statecache import CacheAware
 from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import GlobalWindow
 from apache_beam.typehints import KV
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 from pipeline.rules.ledger import (
     Checkpoint,
@@ -123,13 +125,34 @@ class _LedgerFn(_EmitStepsFn):
 
     The ledger is read and written once per wake, never per element: an engine without
     a state cache (Prism) hands the whole value over at every read, so `process` reads
-    only two small cells (the ledger's next instant, the timer's instant)."""
+    only two small cells (the ledger's next instant, the timer's instant).
+
+    When nothing is pending after a close, the next window end is still due (a
+    snapshot per window while players are in levels), but an event-time timer there
+    would hold back the sums after it: Prism hands a key its elements and timers in
+    timestamp order, so a backlog would reach the ledger one window per wake (measured:
+    a 15k-event backlog's 36 windows in 36 rounds, each writing its own values). So a
+    quiet ledger sets its CLOSE timer at the end of time, where it blocks nothing and
+    fires only when the input ends (then closing what is left, as the window
+    ends' timers would), and a processing-time QUIET timer `update` later: if no sum has come
+    by then, it sets CLOSE at the next window end, as before. A sum that comes first
+    moves CLOSE to its own instant (`process`), so a backlog is closed in a few big
+    wakes, each key written once per wake. QUIET, set while a close fires, holds the
+    output watermark at that close's instant until it fires, so nothing the next close
+    emits can be behind the watermark downstream."""
 
     LEDGER = ReadModifyWriteStateSpec("ledger", PickleCoder())
     PENDING = BagStateSpec("pending_sums", PickleCoder())
     WAKE_MS = ReadModifyWriteStateSpec("wake_ms", PickleCoder())
     NEXT_MS = ReadModifyWriteStateSpec("next_instant_ms", PickleCoder())  # the ledger's, kept apart
     CLOSE = TimerSpec("close", TimeDomain.WATERMARK)
+    QUIET = TimerSpec("quiet", TimeDomain.REAL_TIME)
+    # CLOSE of a quiet ledger: the global window's last instant, past every sum.
+    END_MS = timestamp_to_ms(GlobalWindow().max_timestamp())
+
+    def __init__(self, *settings):
+        super().__init__(*settings)
+        self._wakes = metrics.counter("ledger_wakes")
 
     def setup(self):
         tune_sdk_worker()
@@ -179,25 +202,64 @@ class _LedgerFn(_EmitStepsFn):
         wake_state=beam.DoFn.StateParam(WAKE_MS),
         next_state=beam.DoFn.StateParam(NEXT_MS),
         close=beam.DoFn.TimerParam(CLOSE),
+        quiet=beam.DoFn.TimerParam(QUIET),
     ):
-        step = advance_ledger(
-            self._read(ledger_state),
-            list(pending.read()),
-            timestamp_to_ms(fired_at),
-            self._update_ms,
-            self._window_ms,
-        )
+        ledger, sums = self._read(ledger_state), list(pending.read())
+        if timestamp_to_ms(fired_at) >= self.END_MS:
+            # The input has ended: no sum can come any more. Close what is left as the
+            # window ends' timers would, one after another, each step stamped at its
+            # own instants (QUIET's hold, at the close before, is still on in this
+            # firing), and leave no timer behind: a runner ends a job only once none
+            # is left (Flink waits for a processing-time timer's hold forever).
+            quiet.clear()
+            for step in close_everything(
+                ledger, sums, self._update_ms, self._window_ms, self._stale_after_ms
+            ):
+                self._wakes.inc()
+                yield from self._outputs(step)
+                ledger, sums = step.ledger, step.later
+            self._report_drift(ledger)
+            self._keep(ledger, sums, ledger_state, pending, next_state)
+            wake_state.write(None)
+            return
+        self._wakes.inc()
+        step = advance_ledger(ledger, sums, timestamp_to_ms(fired_at), self._update_ms, self._window_ms)
         yield from self._outputs(step, timestamp_to_ms(fired_at))
-        pending.clear()
-        for interval_sum in step.later:
-            pending.add(interval_sum)
-        ledger_state.write(_StoredLedger(step.ledger))
-        next_state.write(step.ledger.next_instant_ms)
+        self._keep(step.ledger, step.later, ledger_state, pending, next_state)
         wake_ms = next_wake_ms(step.ledger, step.later, self._window_ms, self._stale_after_ms)
         if wake_ms is None:
             self._report_drift(step.ledger)
+            quiet.clear()
+        elif not step.later:  # quiet: see the class docstring
+            quiet.set(Timestamp.now() + Duration(micros=self._update_ms * 1000))
+            wake_ms = self.END_MS
         wake_state.write(wake_ms)
         if wake_ms is not None:
+            close.set(ms_to_timestamp(wake_ms))
+
+    @staticmethod
+    def _keep(ledger, later, ledger_state, pending, next_state):
+        pending.clear()
+        for interval_sum in later:
+            pending.add(interval_sum)
+        ledger_state.write(_StoredLedger(ledger))
+        next_state.write(ledger.next_instant_ms)
+
+    @on_timer(QUIET)
+    def on_quiet(
+        self,
+        ledger_state=beam.DoFn.StateParam(LEDGER),
+        pending=beam.DoFn.StateParam(PENDING),
+        wake_state=beam.DoFn.StateParam(WAKE_MS),
+        close=beam.DoFn.TimerParam(CLOSE),
+    ):
+        if wake_state.read() != self.END_MS:
+            return  # a sum came meanwhile and set CLOSE at its instant
+        wake_ms = next_wake_ms(
+            self._read(ledger_state), list(pending.read()), self._window_ms, self._stale_after_ms
+        )
+        if wake_ms is not None:
+            wake_state.write(wake_ms)
             close.set(ms_to_timestamp(wake_ms))
 
 
