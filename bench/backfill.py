@@ -14,8 +14,9 @@
   pairs: the rules' step, and the state the KeepLedger DoFn reads and writes per wake.
 - restart: the same size end to end (not in the default run: about 15 minutes): 50,000
   players each taking a pair no other takes across 1,000 levels, read from Kinesis on
-  Prism, SIGKILLed once the checkpoint is split into parts, restarted with the same
-  flags; the tables and the history equal to the model, the final checkpoint read back.
+  Prism, SIGKILLed once the checkpoint is split into parts (the last fifth of the stream
+  is put only then), restarted; the tables and the history equal to the model, the
+  final checkpoint read back.
 
 Every pipeline runs in a fresh child process (`python -m bench.backfill child ...`),
 timed without its imports. The machine may be shared: ratios measured minutes apart in
