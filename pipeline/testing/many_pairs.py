@@ -13,6 +13,7 @@ import uuid
 
 import boto3
 
+from pipeline.apps.producer import put_records
 from pipeline.rules.observations import Observation
 from pipeline.rules.tables import PIPELINE_NAME
 from pipeline.testing.crash import run_to_be_killed
@@ -102,8 +103,6 @@ def kill_after_checkpoint_in_parts_then_restart(
     have the same flags, except that only the second stops once idle (the first would
     otherwise stop, and close everything, before it is killed). Asserts that it happened
     so; returns how long each run took and the checkpoint's size when killed."""
-    from pipeline.apps.producer import put_records
-
     flags = [*HOLD_WATERMARK, *extra_flags]
     first = restart_command(endpoint, region, name, snapshot_path, flags, stop_when_idle=False)
     command = restart_command(endpoint, region, name, snapshot_path, flags)
@@ -122,7 +121,7 @@ def kill_after_checkpoint_in_parts_then_restart(
     put_records(kinesis, name, lines[:split])
     started = time.monotonic()
     with run_to_be_killed(first, ROOT) as victim:  # SIGKILLed on leaving the block
-        while not (head() and "partsDigest" in head()):
+        while "partsDigest" not in (head() or {}):  # one GetItem per poll
             assert victim.poll() is None, "the run ended before committing a checkpoint in parts"
             assert time.monotonic() < started + timeout_secs, (
                 f"no checkpoint in parts within {timeout_secs} s"
