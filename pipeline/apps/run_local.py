@@ -2,7 +2,8 @@
 
     python -m pipeline.apps.run_local [--players 200] [--event_gap_secs 4] [--timeout_secs 60] ...
 
-1. moto in server mode on a free loopback port: the embedded AWS;
+1. moto in server mode on a free loopback port: the embedded AWS (its Kinesis made to keep
+   up with a long stream, pipeline.testing.chaos.fast_kinesis_for_moto);
 2. a Kinesis stream (--shards), the level, transitions and progress tables, a bucket;
 3. the simulator, sending live players' events to the stream (pipeline.apps.simulator --live);
 4. the pipeline (pipeline.main, streaming from the stream, writing DynamoDB and S3): one
@@ -140,7 +141,11 @@ class LocalSystem:
     def start_embedded_aws(self):
         port = free_port()
         self.endpoint = f"http://127.0.0.1:{port}"
-        self.start("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)])
+        # moto's own server, with its Kinesis made to keep up with a stream that runs for
+        # hours (pipeline.testing.chaos.fast_kinesis_for_moto: the same answers; without it
+        # each GetRecords scans its shard from the first record, and races PutRecord).
+        serve = f"from pipeline.testing.chaos import serve_moto; serve_moto({port})"
+        self.start("moto", [sys.executable, "-c", serve])
         kinesis = self.client("kinesis")
         deadline = time.monotonic() + 30
         while True:
