@@ -40,6 +40,7 @@ PIPELINE_STATUS = {
     "engine": "PrismRunner",
     "run_started": "2026-11-22T16:00:00Z",
     "run_finished": None,
+    "watermark": "2026-11-22T16:05:06.500Z",  # 5.5 s behind NOW_MS
     "closed_until": "2026-11-22T16:05:05Z",  # lag 7 s at NOW_MS
     "committed_until": "2026-11-22T16:05:00Z",
     "stream_records_per_sec": 31.2,
@@ -58,8 +59,8 @@ LEVELS = {"gems-in-the-deep": 17, "dungeons-of-kithgard": 9, "kithgard-gates": 4
 PUBLISHED_MS = NOW_MS - 6_000  # the last window (ending 16:05:00) was published at 16:05:06
 EXPECTED_LINE = (
     "2026-11-22T16:05:00Z players=32 top=gems-in-the-deep:17,dungeons-of-kithgard:9,kithgard-gates:4,…"
-    " transitions=35 published_after=6s stream/s=31.2 pipeline/s=45.5 lag=7s dead_letters=3"
-    " ddb_writes=120 throttles=4"
+    " transitions=35 published_after=6s stream/s=31.2 pipeline/s=45.5 lag=7s watermark_lag=5s"
+    " dead_letters=3 ddb_writes=120 throttles=4"
 )
 
 
@@ -121,6 +122,7 @@ def test_frame_shows_the_pipeline_status_and_the_lag():
 
     assert "events/s: stream 31.2, pipeline 45.5   behind the stream 2s" in frame
     assert "lag 7s (counts as of 2026-11-22T16:05:05Z, committed until 2026-11-22T16:05:00Z)" in frame
+    assert "watermark lag 5s (the event time the reader has passed)" in frame
     assert "window ending 2026-11-22T16:05:00Z (60 s), published 6s after its end" in frame
     assert "dead letters 3 (late 2, unparseable 1)" in frame
     assert "dynamodb writes 120   throttles 4   rejected repeats 0   s3 puts 8" in frame
@@ -145,11 +147,13 @@ def test_missing_status_and_checkpoint_show_dashes():
 
     assert status_line(state, NOW_MS) == (
         "2026-11-22T16:05:00Z players=32 top=gems-in-the-deep:17,dungeons-of-kithgard:9,kithgard-gates:4,…"
-        " transitions=35 published_after=— stream/s=— pipeline/s=— lag=— dead_letters=— ddb_writes=— throttles=—"
+        " transitions=35 published_after=— stream/s=— pipeline/s=— lag=— watermark_lag=—"
+        " dead_letters=— ddb_writes=— throttles=—"
     )
     frame = render_frame(state, width=100, now_ms=NOW_MS)
     assert "events/s: stream —, pipeline —   behind the stream —" in frame
     assert "lag — (counts as of —, committed until —)" in frame
+    assert "watermark lag — (" in frame
 
 
 def test_lag_follows_the_fresher_of_the_status_and_the_level_table():

@@ -21,6 +21,7 @@ import boto3
 import pytest
 
 from pipeline.rules.observations import Observation
+from pipeline.rules.times import parse_iso_ms
 from pipeline.testing.aws_server import REGION
 from pipeline.testing.outputs import assert_history_equals_model, read_dead_letters, read_history
 from pipeline.testing.reference_model import model_transition_totals
@@ -152,6 +153,9 @@ def test_a_run_that_never_ends_publishes_while_it_runs_then_ctrl_c_stops_everyth
         assert after["state"] == "RUNNING" and after["engine"] == "PrismRunner"
         assert after["records_read"] > before["records_read"] > 0
         assert after["closed_until"] >= before["closed_until"]
+        # The reader's watermark: past every instant the ledger closed, behind the clock.
+        closed, watermark = parse_iso_ms(after["closed_until"]), parse_iso_ms(after["watermark"])
+        assert closed <= watermark <= parse_iso_ms(after["status_time"])
 
         children = descendants(process.pid)
         assert len(children) >= 6  # moto, the simulator, the pipeline and its Prism, the dashboard, the view

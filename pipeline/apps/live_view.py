@@ -13,7 +13,9 @@ here is a number that really landed. Sources:
   how far the pipeline has closed: {snapshot_path}/pipeline_status.json, rewritten by the
   running pipeline every few seconds;
 - lag: now - the latest update instant the pipeline closed (event time), from the
-  status; committed: asOf of the checkpoint in the progress table.
+  status; it counts on the --update_secs grid, so it reads up to that much more than
+  the watermark's lag: now - the Kinesis reader's watermark, from the status;
+  committed: asOf of the checkpoint in the progress table.
 
 Anything not there yet is shown as "—"; when nothing at all is there, a "waiting for
 the pipeline…" frame. AWS and read errors are shown in the frame, one line each.
@@ -190,6 +192,16 @@ def lag_ms(state: ViewState, now_ms: int) -> int | None:
     return None if closed is None else now_ms - closed
 
 
+def watermark_lag_ms(state: ViewState, now_ms: int) -> int | None:
+    """How far behind now the pipeline's event-time watermark is (its reader's)."""
+    watermark = parse_iso_ms((state.status or {}).get("watermark"))
+    return None if watermark is None else now_ms - watermark
+
+
+def _or_lag(ms: int | None) -> str:
+    return DASH if ms is None else format_duration(ms)
+
+
 def _errors_suffix(state: ViewState) -> str:
     return f" error={'; '.join(state.errors)}" if state.errors else ""
 
@@ -200,7 +212,7 @@ def _errors_suffix(state: ViewState) -> str:
 def status_line(state: ViewState, now_ms: int) -> str:
     """One line for logs and CI (--no-tty), e.g.
     2026-11-27T16:05:00Z players=123 top=a:17,b:9,c:4,… transitions=45 stream/s=31.2
-    pipeline/s=31.0 lag=7s dead_letters=3 ddb_writes=120 throttles=0"""
+    pipeline/s=31.0 lag=7s watermark_lag=6s dead_letters=3 ddb_writes=120 throttles=0"""
     if not is_published(state):
         return WAITING + _errors_suffix(state)
     levels = busiest_first(state.levels)
@@ -217,7 +229,8 @@ def status_line(state: ViewState, now_ms: int) -> str:
         f"published_after={_or_duration(window_lag_ms(state))}",
         f"stream/s={_format_rate(stream_rate(state.status))}",
         f"pipeline/s={_format_rate(pipeline_rate(state.status))}",
-        f"lag={DASH if lag is None else format_duration(lag)}",
+        f"lag={_or_lag(lag)}",
+        f"watermark_lag={_or_lag(watermark_lag_ms(state, now_ms))}",
         f"dead_letters={DASH if reasons is None else sum(reasons.values())}",
         f"ddb_writes={_or_dash(_status_count(state.status, 'dynamodb_writes'))}",
         # Every throttled (or dropped) request is retried, so retries count the throttles.
@@ -276,8 +289,8 @@ def _pipeline_lines(state: ViewState, now_ms: int) -> list[str]:
     return [
         f"events/s: stream {_format_rate(stream_rate(status))}, pipeline {_format_rate(pipeline_rate(status))}"
         f"   behind the stream {DASH if behind is None else format_duration(behind)}",
-        f"lag {DASH if lag is None else format_duration(lag)}"
-        f" (counts as of {_or_dash(run.get('closed_until'))}, committed until {committed})",
+        f"lag {_or_lag(lag)} (counts as of {_or_dash(run.get('closed_until'))}, committed until {committed})",
+        f"watermark lag {_or_lag(watermark_lag_ms(state, now_ms))} (the event time the reader has passed)",
         f"dead letters {letters}",
         f"dynamodb writes {_or_dash(_status_count(status, 'dynamodb_writes'))}"
         f"   throttles {_or_dash(_status_count(status, 'dynamodb_retries'))}"

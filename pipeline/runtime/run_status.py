@@ -5,15 +5,20 @@ snapshots, for the live view, the dashboard and people.
     {"status_time", "state", "engine", "run_started", "run_finished",
      "records_read", "observations", "transitions", "dead_letters": {reason: n},
      "dynamodb_writes", "dynamodb_retries", "dynamodb_rejected_repeats", "s3_puts",
-     "closed_until", "committed_until", "latest_arrival", "behind_latest_ms",
+     "watermark", "closed_until", "committed_until", "latest_arrival", "behind_latest_ms",
      "pipeline_records_per_sec", "stream_records_per_sec"}
 
 Two rates, because they differ exactly when it matters: `pipeline_records_per_sec` is
 how fast the pipeline read records over the last interval (wall clock);
 `stream_records_per_sec` is how fast those same records had arrived in the stream
 (records read over the span of their Kinesis arrival times). Caught up, both are the
-stream's rate; catching up on a backlog, the first is higher. `closed_until` is the
-latest update instant the ledger closed (event time): now minus it is the lag.
+stream's rate; catching up on a backlog, the first is higher. `watermark` is the
+Kinesis reader's event-time watermark (the earliest of its shards'): now minus it is
+the watermark's lag, the out-of-orderness plus how far the latest event time read is
+behind now.
+`closed_until` is the latest update instant the ledger closed (event time, on the
+--update_secs grid, so up to that much behind the watermark): now minus it is the lag
+of the counts.
 """
 
 import json
@@ -33,6 +38,7 @@ _DEAD_LETTER_PREFIX = "dead_letters_"  # per reason, from the parser
 _LATE = ("late_observations", "kinesis_late_records")
 _ARRIVAL_GAUGES = "kinesis_latest_arrival_ms_"  # one per shard
 _BEHIND_GAUGES = "kinesis_behind_ms_"
+_WATERMARK_GAUGES = "kinesis_watermark_ms_"  # one per root shard: the reader's watermark
 
 
 def _value(result) -> int | None:
@@ -59,6 +65,11 @@ def metric_totals(pipeline_result) -> dict:
 def _max_of(totals: dict, prefix: str) -> int | None:
     values = [value for name, value in totals.items() if name.startswith(prefix)]
     return max(values) if values else None
+
+
+def _min_of(totals: dict, prefix: str) -> int | None:
+    values = [value for name, value in totals.items() if name.startswith(prefix)]
+    return min(values) if values else None
 
 
 def _iso_or_none(ms) -> str | None:
@@ -112,6 +123,7 @@ def run_status(totals: dict, now_ms: int, previous: Sample | None = None, **run)
         "dynamodb_retries": totals.get("dynamodb_retries", 0),
         "dynamodb_rejected_repeats": totals.get("dynamodb_rejected_repeats", 0),
         "s3_puts": totals.get("snapshot_objects_written", 0) + totals.get("dead_letter_objects_written", 0),
+        "watermark": _iso_or_none(_min_of(totals, _WATERMARK_GAUGES)),
         "closed_until": _iso_or_none(totals.get("ledger_closed_until_ms")),
         "committed_until": _iso_or_none(committed),
         "latest_arrival": _iso_or_none(latest_arrival),

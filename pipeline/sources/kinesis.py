@@ -461,9 +461,9 @@ class _ReadShardsFn(beam.DoFn):
             if refused:
                 break  # the runner checkpointed under us: the residual is already set
         if not refused:
-            self._settle(tracker, watermark)
+            self._settle(root, tracker, watermark)
 
-    def _settle(self, tracker, watermark):
+    def _settle(self, root, tracker, watermark):
         """Report the watermark; then finish (stop rule, or no shard left) or checkpoint."""
         restriction = tracker.current_restriction()
         now_ms = _now_ms()
@@ -473,6 +473,9 @@ class _ReadShardsFn(beam.DoFn):
         current = watermark.current_watermark()
         if mark is not None and (current is None or ms_to_timestamp(mark) > current):
             watermark.set_watermark(ms_to_timestamp(mark))
+        held = watermark.current_watermark()
+        if mark is not None and held is not None:  # for the status: the watermark's lag behind now
+            self._gauge(root.shard_id, "watermark_ms").set(held.micros // 1000)
         stop_ms = self._s["stop_when_idle_ms"]
         if not restriction.cursors or (stop_ms is not None and all_idle(restriction, now_ms, stop_ms)):
             tracker.try_claim(StopClaim())  # finished: this restriction's watermark goes to +inf
@@ -621,7 +624,8 @@ class _ReadShardsFn(beam.DoFn):
         self._gauge(shard_id, "latest_arrival_ms").set(arrival_ms)
 
     def _gauge(self, shard_id, name):
-        """Per shard, so the status can take the max over shards (a gauge keeps the last value set)."""
+        """Per shard, so the status can take the max (or min) over shards (a gauge keeps the
+        last value set)."""
         key = (shard_id, name)
         if key not in self._gauges:
             self._gauges[key] = metrics.gauge(f"kinesis_{name}_{shard_id}")
