@@ -1,8 +1,12 @@
 """Parsing enriched lines into observations: the contract's Input section."""
 
+import json
+
 import pytest
+from snowplow_analytics_sdk.event_transformer import transform
 
 from pipeline.rules.observations import (
+    FIELD_INDEX,
     NOT_UTF8,
     UNPARSEABLE,
     UNUSABLE_CONTEXT,
@@ -11,7 +15,17 @@ from pipeline.rules.observations import (
     parse_enriched_line,
     parse_timestamp_ms,
 )
-from pipeline.testing.enriched_lines import LEVEL_CONTEXT_1_0_1, enriched_line, level_context
+from pipeline.testing.enriched_lines import (
+    CONTEXTS_SCHEMA,
+    LEVEL_CONTEXT_1_0_1,
+    enriched_line,
+    level_context,
+)
+
+PAGE_CONTEXT = {
+    "schema": "iglu:com.snowplowanalytics.snowplow/web_page/jsonschema/1-0-0",
+    "data": {"id": "x"},
+}
 
 T = parse_timestamp_ms("2026-11-27 14:00:05.123")
 
@@ -57,6 +71,34 @@ def test_several_contexts_in_one_event_are_several_observations_in_order():
     ]
 
 
+def with_derived_contexts(line: str, contexts: list) -> str:
+    fields = line.split("\t")
+    fields[FIELD_INDEX["derived_contexts"]] = json.dumps({"schema": CONTEXTS_SCHEMA, "data": contexts})
+    return "\t".join(fields)
+
+
+def test_level_contexts_are_read_from_derived_contexts_as_the_sdk_names_them():
+    """The SDK's `transform` keeps one key per context model: a level context in
+    derived_contexts (written after contexts) replaces those of contexts."""
+    only_derived = with_derived_contexts(enriched_line("e", T), [level_context("p1", "a")])
+    both = with_derived_contexts(
+        enriched_line("e", T, [level_context("p1", "a"), level_context("p2", "b")]),
+        [level_context("p3", "c")],
+    )
+    unusable_derived = with_derived_contexts(
+        enriched_line("e", T, [level_context("p1", "a")]), [level_context(None, "c")]
+    )
+    other_derived = with_derived_contexts(enriched_line("e", T, [level_context("p1", "a")]), [PAGE_CONTEXT])
+
+    for line in (only_derived, both, other_derived):
+        sdk = transform(line).get("contexts_com_codecombat_level_context_1", [])
+        assert [(o.player, o.level) for o in parse_enriched_line(line)] == [
+            (data["user_id"], data["level_slug"]) for data in sdk
+        ]
+    assert [o.player for o in parse_enriched_line(both)] == ["p3"]
+    assert reason_of(unusable_derived)[0] == UNUSABLE_CONTEXT  # the SDK's key holds only user_id null
+
+
 def test_a_null_or_empty_context_beside_a_usable_one_is_skipped():
     line = enriched_line(
         "e-4", T, [level_context(None, "a"), level_context("p1", ""), level_context("p2", "b")]
@@ -72,6 +114,11 @@ def test_null_or_empty_ids_go_to_dead_letters(user_id, level_slug):
 
 def test_an_event_without_the_level_context_is_no_observation_and_no_dead_letter():
     assert parse_enriched_line(enriched_line("e", T, [], event="page_view")) == []
+
+
+def test_a_line_of_131_empty_fields_is_an_event_without_the_context():
+    """The SDK takes it (no field is required), so it is counted, not dead-lettered."""
+    assert parse_enriched_line("\t" * 130) == []
 
 
 def test_event_time_field_is_chosen_and_falls_back_to_collector_tstamp():

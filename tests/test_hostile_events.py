@@ -126,6 +126,8 @@ def test_too_many_contexts_in_one_event():
         ("p", "line\nbreak", "U+000A"),
         ("p", "del\x7f", "U+007F"),
         ("p", "c1\x85", "U+0085"),
+        ("\ud800", "a", "user_id contains the lone surrogate U+D800"),  # JSON "\ud800": ASCII on the wire
+        ("p", "level-\udfff", "level_slug contains the lone surrogate U+DFFF"),
         ("p", "a/b", "contains '/'"),
         ("p", "</script>", "contains '/'"),
     ],
@@ -203,7 +205,19 @@ def test_times_with_offsets_are_read_in_utc(text, expected):
 
 
 @pytest.mark.parametrize(
-    "text", ["10000-01-01 00:00:00.000", "2026-13-01 00:00:00.000", "yesterday", "9" * 400]
+    "text",
+    [
+        "10000-01-01 00:00:00.000",
+        "2026-13-01 00:00:00.000",
+        "yesterday",
+        "9" * 400,
+        # Python's fromisoformat reads these as an instant; no Snowplow clock writes them.
+        "2026-11-27",
+        "2026-11-27T14",
+        "2026-11-27 14:00",
+        "2026-W48-5 14:00:05.123",
+        "20261127T140005",
+    ],
 )
 def test_unreadable_times_are_bad_timestamps(text):
     line = enriched_line("e", T, [level_context("p", "a")]).replace("2026-11-27 14:00:05.123", text, 1)
@@ -276,6 +290,8 @@ EXPECTED_BY_EVENT_ID = {
     "h-slug": UNUSABLE_CONTEXT,
     "h-ctl": UNUSABLE_CONTEXT,
     "h-slash": UNUSABLE_CONTEXT,
+    "h-surrogate": UNUSABLE_CONTEXT,
+    "h-date": BAD_TIMESTAMP,
     "h-1970": BAD_TIMESTAMP,
     "h-neg": BAD_TIMESTAMP,
     "h-9999": BAD_TIMESTAMP,

@@ -20,8 +20,10 @@ events" has the table of what was tried and what happens):
   caught should it come);
 * a user_id or level_slug longer than MAX_ID_BYTES (a DynamoDB key holds at most 2,048
   bytes, and "from/to" holds two slugs), with a control character (it would drive the
-  terminal of whoever reads it), or a level_slug containing "/" (the separator of the
-  "from/to" keys: "a/b" would be read back as another transition) is `unusable_context`;
+  terminal of whoever reads it) or a lone surrogate (the JSON escape "\\ud800": no UTF-8
+  holds it, so no key, coder or JSON object downstream could), or a level_slug
+  containing "/" (the separator of the "from/to" keys: "a/b" would be read back as
+  another transition) is `unusable_context`;
   any other text (HTML, emoji, right-to-left marks) is a name like any other, stored and
   published as it is: showing it safely is the reader's job;
 * an event time before EARLIEST_EVENT_MS (a clock never set: 1970, negative) or more
@@ -145,6 +147,9 @@ DEAD_LETTER_MAX_CHARS = 8 * 1024
 DEAD_LETTER_MAX_DETAIL_CHARS = 1024
 
 _CONTROL_CHARACTER = re.compile("[\x00-\x1f\x7f-\x9f]")  # Unicode category Cc
+# A JSON escape such as "\ud800" reads as a lone surrogate: no UTF-8 can hold it, so no
+# coder, table or JSON object downstream could either.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # Unicode category Cs
 
 
 def usable_event_time_ms(time_ms: int, received_ms: int | None = None) -> int:
@@ -247,9 +252,11 @@ def _check_fields(fields: list) -> None:
 
 
 def _level_contexts(fields: list) -> list:
-    """The raw level contexts of an event, in order, from `contexts` and `derived_contexts`.
-    Raises if the SDK's `transform` would reject the line; BadLine when it has more
-    contexts than the limits allow."""
+    """The raw level contexts of an event, in order, as the SDK's `transform` names them:
+    from `contexts`, and from `derived_contexts`, whose level contexts of a model replace
+    those of `contexts` (the SDK keeps one key per model, contexts_..._level_context_1, and
+    the later field's list overwrites the earlier's). Raises if `transform` would reject
+    the line; BadLine when it has more contexts than the limits allow."""
     _check_fields(fields)
     found = []
     seen = 0
@@ -263,19 +270,27 @@ def _level_contexts(fields: list) -> list:
         seen += len(contexts)
         if seen > MAX_CONTEXTS:
             raise BadLine(TOO_MANY_CONTEXTS, f"more than {MAX_CONTEXTS} contexts in one event")
+        in_field = []
         for context in contexts:
             schema = context["schema"]
             if not SCHEMA_URI_REGEX.match(schema):
                 raise ValueError(f"schema {schema!r} is not an Iglu URI")
             data = context["data"]
             if schema.startswith(LEVEL_CONTEXT_PREFIX):
-                found.append((schema[len(LEVEL_CONTEXT_PREFIX) :], data))
+                in_field.append((schema[len(LEVEL_CONTEXT_PREFIX) :], data))
+        replaced = {_model(version) for version, _ in in_field}
+        found = [context for context in found if _model(context[0]) not in replaced] + in_field
     if len(found) > MAX_LEVEL_CONTEXTS:
         raise BadLine(
             TOO_MANY_CONTEXTS,
             f"{len(found)} level contexts in one event; at most {MAX_LEVEL_CONTEXTS} are read",
         )
     return found
+
+
+def _model(version: str) -> str:
+    """'1' of '1-0-0': the part of a version the SDK's context key carries."""
+    return version.split("-", 1)[0]
 
 
 def _usable(value) -> bool:
@@ -290,6 +305,9 @@ def id_problem(name: str, value: str) -> str | None:
     control = _CONTROL_CHARACTER.search(value)
     if control:
         return f"{name} contains the control character U+{ord(control.group()):04X}"
+    surrogate = _LONE_SURROGATE.search(value)
+    if surrogate:
+        return f"{name} contains the lone surrogate U+{ord(surrogate.group()):04X}, which UTF-8 cannot hold"
     if name == "level_slug" and "/" in value:
         return f"level_slug {value!r} contains '/', the separator of transition keys"
     return None
@@ -325,7 +343,7 @@ def parse_enriched_line(
     """
     check_size(raw)
     line = decode_line(raw)
-    if not line.strip():
+    if not line.strip(" "):  # not strip(): 131 empty fields are 130 tabs, a valid event
         raise BadLine(UNPARSEABLE, "empty line")
     fields = line.split("\t")
     if len(fields) != len(FIELD_NAMES):

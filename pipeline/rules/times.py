@@ -3,6 +3,7 @@
 Every instant in the pipeline is an int of epoch ms; these are the only conversions.
 """
 
+import re
 from datetime import UTC, datetime, timedelta
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -10,9 +11,16 @@ _NAIVE_EPOCH = datetime(1970, 1, 1)  # for timestamps without an offset, which a
 _ONE_MS = timedelta(milliseconds=1)
 
 
+# A date and a time of day to the second at least, as Snowplow writes them: Python's
+# fromisoformat alone would also take '2026-11-27' or '2026-W48-5' as midnight.
+_DATE_AND_TIME = re.compile(r"\s*\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}")
+
+
 def parse_timestamp_ms(value: str) -> int:
-    """Snowplow's '2026-11-27 14:00:05.123' or any ISO 8601 form ('...Z', an offset, or
-    naive = UTC) to epoch ms. Raises ValueError when it is not one."""
+    """Snowplow's '2026-11-27 14:00:05.123' or an ISO 8601 date and time to the second
+    ('...Z', an offset, or naive = UTC) to epoch ms. Raises ValueError when it is not one."""
+    if not _DATE_AND_TIME.match(value):
+        raise ValueError(f"not a date and time to the second: {value[:40]!r}")
     if len(value) == 23 and value[10] == " ":  # enriched TSV's own form: the quick way
         moment = datetime.fromisoformat(value)
         if moment.tzinfo is None:

@@ -9,7 +9,7 @@ from pipeline.rules.observations import (
     UNUSABLE_CONTEXT,
     Observation,
 )
-from pipeline.rules.times import parse_timestamp_ms
+from pipeline.rules.times import format_timestamp_ms, parse_timestamp_ms
 from pipeline.testing.enriched_lines import enriched_line, level_context
 
 YEAR_9999_MS = parse_timestamp_ms("9999-12-31 23:59:59.000")
@@ -71,6 +71,16 @@ def hostile_lines(time_ms: int) -> dict:
         "level_slug with '/'": (
             enriched_line("h-slash", time_ms, [level_context("p-sl", "a/b")]),
             UNUSABLE_CONTEXT,
+        ),
+        "lone surrogate (JSON \\ud800) in an id": (
+            enriched_line("h-surrogate", time_ms, [level_context("p-\ud800", "a")]),
+            UNUSABLE_CONTEXT,
+        ),
+        "a date without a time of day": (
+            enriched_line("h-date", time_ms, [level_context("p-date", "a")]).replace(
+                format_timestamp_ms(time_ms), format_timestamp_ms(time_ms)[:10], 1
+            ),
+            BAD_TIMESTAMP,
         ),
         "year 1970": (enriched_line("h-1970", 0, [level_context("p-1970", "a")]), BAD_TIMESTAMP),
         "negative time (1969)": (enriched_line("h-neg", -1, [level_context("p-neg", "a")]), BAD_TIMESTAMP),
