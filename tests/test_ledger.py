@@ -135,7 +135,8 @@ def test_a_quiet_ledger_sleeps_and_a_new_event_fills_the_gap():
 
 
 def test_a_count_that_can_never_return_to_zero_stops_the_ledger_instead_of_looping():
-    # A +1 with no matching -1 (drift, impossible under the contract): players "stay" forever.
+    # Once the input has ended, a +1 with no matching -1 (drift, impossible under the
+    # contract): players "stay" forever.
     drifted = [IntervalSum(LEVEL, "a", 60 * S, 1), IntervalSum(TRANSITION, "/a", 60 * S, 1)]
     step = advance_ledger(Ledger(), drifted, 60 * S, U, W)
     stale_after = TIMEOUT + W

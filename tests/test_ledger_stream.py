@@ -72,3 +72,29 @@ def test_on_prism_a_backlog_of_sums_is_closed_in_a_few_wakes_not_one_per_window(
     assert sorted(SNAPSHOTS) == [T0 + end * S for end in range(10, 101, 10)]
     wakes = result.metrics().query(MetricsFilter().with_name("ledger_wakes"))["counters"]
     assert sum(counter.committed for counter in wakes) <= 4
+
+
+def test_on_prism_a_player_who_stays_in_a_level_keeps_the_windows_coming():
+    """A player enters at 5 s and then only ever sends the level they are in: no
+    transition at all, for as long as the input runs (here 300 s; timeout 60 s). Every
+    window end the watermark passes still gets its snapshot while the input runs.
+    Checked once with the staleness rule applied while the input ran ("no transition
+    for longer than the timeout + a window is drift"): the snapshots stopped at 80 s."""
+    opts = PipelineOptions(["--streaming"])
+    engines.choose_engine(opts, streaming=True)
+    stream = TestStream().add_elements(sums_of_a_move(5, "", "a"), event_timestamp=before(5))
+    for seconds in range(6, 310, 10):
+        stream = stream.advance_watermark_to(at(seconds)).advance_processing_time(10)
+    stream = stream.advance_watermark_to_infinity()
+
+    SNAPSHOTS.clear()
+    pipeline = beam.Pipeline(options=opts)
+    ledger = pipeline | stream | "KeepLedger" >> KeepLedger(update_secs=5, window_secs=10, timeout_secs=60)
+    ledger[KeepLedger.SNAPSHOTS] | beam.ParDo(Collect())
+    pipeline.run().wait_until_finish()
+
+    # Each window once, every one the watermark passed while the input ran. (No leaving
+    # at the end: not an input the contract allows, as the player's timeout would come;
+    # once it has ended the staleness rule stops the ledger within a window or so.)
+    assert len(SNAPSHOTS) == len(set(SNAPSHOTS))
+    assert sorted(SNAPSHOTS)[:30] == [T0 + end * S for end in range(10, 301, 10)]

@@ -251,10 +251,12 @@ def values_in(updates: Iterable[CounterUpdate]) -> int:
 
 
 def is_stale(ledger: Ledger, stale_after_ms: int | None) -> bool:
-    """Players still counted, yet no transition for longer than any player can stay
-    without one (the timeout, plus a window): a count that can never come back to 0.
-    The contract makes this impossible; if it happens anyway, waking at every window
-    end would go on until the end of time once the input has ended."""
+    """Once the input has ended (only then: while it runs, a player who keeps sending
+    the level they are in stays there with no transition at all): players still
+    counted, yet no transition for longer than any player can stay without one once no
+    observation comes (the timeout, plus a window), a count that can never come back
+    to 0. The contract makes this impossible; if it happens anyway, waking at every
+    window end would go on until the end of time."""
     return (
         stale_after_ms is not None
         and ledger.last_change_ms is not None

@@ -226,9 +226,10 @@ class _LedgerFn(_EmitStepsFn):
         step = advance_ledger(ledger, sums, timestamp_to_ms(fired_at), self._update_ms, self._window_ms)
         yield from self._outputs(step, timestamp_to_ms(fired_at))
         self._keep(step.ledger, step.later, ledger_state, pending, next_state)
-        wake_ms = next_wake_ms(step.ledger, step.later, self._window_ms, self._stale_after_ms)
-        if wake_ms is None:
-            self._report_drift(step.ledger)
+        # No staleness rule while the input runs: a player who keeps sending the level
+        # they are in stays there without a transition, for as long as they like.
+        wake_ms = next_wake_ms(step.ledger, step.later, self._window_ms)
+        if wake_ms is None:  # quiet: no player, no transition in the window
             quiet.clear()
         elif not step.later:  # quiet: see the class docstring
             quiet.set(Timestamp.now() + Duration(micros=self._update_ms * 1000))
@@ -255,9 +256,7 @@ class _LedgerFn(_EmitStepsFn):
     ):
         if wake_state.read() != self.END_MS:
             return  # a sum came meanwhile and set CLOSE at its instant
-        wake_ms = next_wake_ms(
-            self._read(ledger_state), list(pending.read()), self._window_ms, self._stale_after_ms
-        )
+        wake_ms = next_wake_ms(self._read(ledger_state), list(pending.read()), self._window_ms)
         if wake_ms is not None:
             wake_state.write(wake_ms)
             close.set(ms_to_timestamp(wake_ms))
