@@ -82,6 +82,18 @@ def test_duplicates_are_harmless_even_with_two_contexts_of_one_player_in_one_eve
     assert once == [("/a", 10), ("a/b", 10), ("b/", 310)]
 
 
+def test_the_same_event_id_at_another_level_or_time_is_not_a_duplicate():
+    """Only an exact duplicate (same event, context, level and instant: a re-sent event)
+    is skipped; the same id with anything else changed counts like any observation,
+    ties in arrival order."""
+    same_instant = [(10 * S, "a", ("e1", 0)), (10 * S, "b", ("e1", 0))]
+    assert drive(same_instant, {})[0] == [("/a", 10), ("a/b", 10), ("b/", 310)]
+    # Applied at 10 s first: the frontier holds e1 at 10 s only, not at 60 s.
+    later = [(10 * S, "a", ("e1", 0)), (60 * S, "c", ("e1", 0))]
+    assert drive(later, {1: [10 * S]})[0] == [("/a", 10), ("a/c", 60), ("c/", 360)]
+    assert drive(later, {})[0] == [("/a", 10), ("a/c", 60), ("c/", 360)]
+
+
 def test_a_player_who_left_is_forgotten():
     _, _, timeline = drive([(10 * S, "a", ("e1", 0))], {})
     assert timeline.is_done()

@@ -77,7 +77,12 @@ class Pending(NamedTuple):
     time_ms: int
     seq: int
     level: str
-    observation_id: tuple[str, int]  # (event_id, index): what makes a duplicate
+    observation_id: tuple[str, int]  # (event_id, index of the context in the event)
+
+    def duplicate_key(self) -> tuple:
+        """An exact duplicate has all of these equal: a re-sent event. The same event id
+        at another time or with another level is not one; it counts like any other."""
+        return (self.time_ms, self.observation_id, self.level)
 
 
 class PlayerTimeline(NamedTuple):
@@ -85,8 +90,9 @@ class PlayerTimeline(NamedTuple):
 
     applied_until_ms: every observation at or before this instant has been applied;
       an observation earlier than it is late. None before anything was applied.
-    frontier_ids: ids of observations applied exactly at applied_until_ms, so a
-      duplicate arriving at that same instant is recognised.
+    frontier_ids: the duplicate keys (Pending.duplicate_key) of the observations applied
+      exactly at applied_until_ms, so an exact duplicate arriving at that same instant
+      is recognised.
     earliest_pending_ms: the earliest buffered observation, None if none.
     """
 
@@ -115,16 +121,17 @@ class PlayerTimeline(NamedTuple):
         due = sorted((p for p in pending if p.time_ms <= until_ms), key=lambda p: (p.time_ms, p.seq))
         later = [p for p in pending if p.time_ms > until_ms]
         current, transitions = self.current, []
-        # A duplicate of an applied observation can only be at applied_until_ms
-        # (anything earlier is refused as late), so the frontier ids suffice.
+        # An exact duplicate of an applied observation can only be at applied_until_ms
+        # (anything earlier is refused as late), so the frontier's keys suffice.
         seen = set(self.frontier_ids)
         frontier = set(self.frontier_ids) if self.applied_until_ms == until_ms else set()
         for p in due:
-            if p.observation_id in seen:
-                continue  # a duplicate of an observation already applied
-            seen.add(p.observation_id)
+            key = p.duplicate_key()
+            if key in seen:
+                continue  # an exact duplicate of an observation already applied
+            seen.add(key)
             if p.time_ms == until_ms:
-                frontier.add(p.observation_id)
+                frontier.add(key)
             current, made = observe(current, p.level, p.time_ms, timeout_ms)
             transitions += made
         current, made = expire(current, until_ms, timeout_ms)
@@ -176,12 +183,11 @@ def replay_all(arrivals: Iterable[tuple[int, str, tuple]], timeout_ms: int) -> l
     Gives exactly what a `PlayerTimeline` gives when it accepts them all and is then
     advanced to each instant its timer wakes at in turn (its earliest pending
     observation or its timeout), until it is done, but with one sort instead of one
-    pass over the buffer per instant. Duplicates are recognised as `advance` does: by
-    observation id, among the observations of the same instant and the previous one.
+    pass over the buffer per instant. Exact duplicates are recognised as `advance`
+    does: the same observation id and level at the same instant.
     """
     ordered = sorted(arrivals, key=lambda arrival: arrival[0])  # stable: ties keep arrival order
     current, transitions = None, []
-    previous_ids = frozenset()  # ids applied at the previous instant (the timeline's frontier)
     i = 0
     while i < len(ordered) or current is not None:
         next_time = ordered[i][0] if i < len(ordered) else None
@@ -189,18 +195,15 @@ def replay_all(arrivals: Iterable[tuple[int, str, tuple]], timeout_ms: int) -> l
         until = (
             next_time if deadline is None or (next_time is not None and next_time < deadline) else deadline
         )
-        applied_ids = set()
-        seen = set(previous_ids)
+        seen = set()  # (observation id, level) applied at this instant
         while i < len(ordered) and ordered[i][0] == until:
             time_ms, level, observation_id = ordered[i]
             i += 1
-            if observation_id in seen:
-                continue  # a duplicate of an observation already applied
-            seen.add(observation_id)
-            applied_ids.add(observation_id)
+            if (observation_id, level) in seen:
+                continue  # an exact duplicate of an observation already applied
+            seen.add((observation_id, level))
             current, made = observe(current, level, time_ms, timeout_ms)
             transitions += made
         current, made = expire(current, until, timeout_ms)
         transitions += made
-        previous_ids = frozenset(applied_ids)
     return transitions

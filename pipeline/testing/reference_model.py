@@ -12,7 +12,8 @@ def model_transitions(observations, timeout_ms):
     """[(from, to, time_ms)] for observations [(player, level, time_ms, event_id, index)]."""
     by_player = defaultdict(dict)
     for player, level, time_ms, event_id, index in observations:
-        by_player[player][(event_id, index)] = (time_ms, level)  # duplicates collapse
+        # Exact duplicates (a re-sent event) collapse; the first keeps its arrival place.
+        by_player[player].setdefault((event_id, index, time_ms, level), (time_ms, level))
     result = []
     for history in by_player.values():
         level, last_seen = None, None
