@@ -21,7 +21,7 @@ from pipeline.runtime.engines import choose_engine, engine_errors, runner_name
 from pipeline.runtime.flink import apply_runner_defaults, runner_option_errors  # declares the Flink flags
 from pipeline.runtime.options import LevelAnalyticsOptions, unknown_flags
 from pipeline.runtime.run_status import STATUS_OBJECT, RunStatus
-from pipeline.sinks.dynamodb import create_tables, default_client, read_checkpoint
+from pipeline.sinks.dynamodb import claim_settings, create_tables, default_client, read_checkpoint
 from pipeline.sinks.objects import join_path, write_object
 from pipeline.sinks.publish import PublishOutputs
 from pipeline.sources.files import ReadEnrichedFiles, ReadProgress
@@ -32,6 +32,8 @@ from pipeline.transforms.parse_events import ParseEnrichedEvents
 from pipeline.transforms.track_players import TrackPlayerLevels
 
 _LOG = logging.getLogger(__name__)
+# The flags that shape the numbers: the tables and history of one set are of one value each.
+NUMBER_SETTINGS = ("timeout_secs", "window_secs", "update_secs", "event_time_field")
 
 
 class PipelineOutputs(NamedTuple):
@@ -141,14 +143,27 @@ def parse_options(argv) -> PipelineOptions:
 
 
 def prepare_restart(options: PipelineOptions) -> Checkpoint | None:
-    """With DynamoDB: create the tables if asked, read the committed checkpoint, and
-    re-read the stream from early enough to rebuild every player's state as of it."""
+    """With DynamoDB: create the tables if asked, stop if they were written with other
+    NUMBER_SETTINGS, read the committed checkpoint, and re-read the stream from early
+    enough to rebuild every player's state as of it."""
     opts = options.view_as(LevelAnalyticsOptions)
     if not opts.write_dynamodb:
         return None
     client = default_client(opts.aws_region, opts.aws_endpoint_url)
     if opts.create_tables:
         create_tables(client, opts.level_table, opts.transitions_table, opts.progress_table)
+    settings = {name: getattr(opts, name) for name in NUMBER_SETTINGS}
+    stored = claim_settings(client, opts.progress_table, settings)
+    if stored is not None:
+        was = " ".join(f"--{name}={value}" for name, value in sorted(stored.items()))
+        now = " ".join(
+            f"--{name}={settings.get(name)}" for name in sorted(stored) if settings.get(name) != stored[name]
+        )
+        sys.exit(
+            f"error: the tables of progress table {opts.progress_table!r} were written with {was}; "
+            f"this run has {now}. Restart with the flags they were written with, or start over on "
+            "new tables (--level_table, --transitions_table, --progress_table) and a new --snapshot_path."
+        )
     checkpoint = read_checkpoint(client, opts.progress_table)
     if checkpoint is not None and opts.stream_name:
         rebuild_from_ms = checkpoint.as_of_ms - (opts.timeout_secs + opts.max_out_of_orderness_secs) * 1000

@@ -11,6 +11,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.util import assert_that, equal_to
 from botocore.exceptions import ClientError, ConnectionClosedError
 
+from pipeline.main import parse_options, prepare_restart
 from pipeline.rules.ledger import Checkpoint, CounterUpdate, coalesce_updates, values_in
 from pipeline.rules.tables import PIPELINE_NAME
 from pipeline.runtime.timestamps import timestamp_to_ms
@@ -19,6 +20,7 @@ from pipeline.sinks.dynamodb import (
     SPLIT_NOTE,
     CheckpointUnreadable,
     WriteCounterUpdates,
+    claim_settings,
     create_tables,
     read_checkpoint,
     write_checkpoint,
@@ -93,6 +95,35 @@ def run(elements, sink):
     result.wait_until_finish()
     counters = result.metrics().query(MetricsFilter())["counters"]
     return {c.key.metric.name: c.committed for c in counters}
+
+
+SETTINGS = {"timeout_secs": 300, "window_secs": 60, "update_secs": 5, "event_time_field": "collector_tstamp"}
+
+
+def test_the_settings_are_stored_once_and_other_ones_are_told(tables):
+    assert claim_settings(tables.client, tables.progress, SETTINGS) is None  # stored
+    assert claim_settings(tables.client, tables.progress, SETTINGS) is None  # the same (or a lost answer)
+    assert claim_settings(tables.client, tables.progress, {**SETTINGS, "window_secs": 30}) == SETTINGS
+    # A setting the store does not have (added by a later version) is no difference.
+    assert claim_settings(tables.client, tables.progress, {**SETTINGS, "later_flag": 1}) is None
+
+
+def test_a_run_with_other_settings_on_the_same_tables_stops_saying_what_to_change(tables, tmp_path):
+    flags = [
+        f"--input={tmp_path}/none.tsv",
+        "--write_dynamodb",
+        f"--aws_endpoint_url={tables.endpoint}",
+        f"--level_table={tables.level}",
+        f"--transitions_table={tables.transitions}",
+        f"--progress_table={tables.progress}",
+    ]
+    assert prepare_restart(parse_options(flags)) is None  # the first run stores its settings
+    with pytest.raises(SystemExit) as stopped:
+        prepare_restart(parse_options([*flags, "--window_secs=30", "--timeout_secs=300"]))
+    message = str(stopped.value)
+    assert "were written with --event_time_field=collector_tstamp --timeout_secs=300" in message
+    assert "--update_secs=5 --window_secs=60; this run has --window_secs=30." in message
+    assert "Restart with the flags they were written with" in message
 
 
 def test_create_tables_is_idempotent(tables):

@@ -444,6 +444,40 @@ def _read_parts(client, table: str, pipeline_name: str, head: dict) -> Checkpoin
     )
 
 
+def claim_settings(
+    client, progress_table: str, settings: dict, pipeline_name=PIPELINE_NAME, retry_for_secs=RETRY_FOR_SECS
+) -> dict | None:
+    """The settings that shape the numbers are stored once, by the first run on these
+    tables (item "{pipeline_name}/settings" of the progress table); a later run with
+    other ones would mix two contracts in one set of tables, checkpoint and history.
+    Returns the stored settings when they differ from `settings`, else None (stored
+    now, or the same). Only settings the store has are compared: one added to
+    `settings` later is not a difference for tables written before it."""
+    key = f"{pipeline_name}/settings"
+    item = {PROGRESS_KEY: {"S": key}, "settings": {"S": json.dumps(settings, sort_keys=True)}}
+
+    def put_if_absent():
+        try:
+            client.put_item(
+                TableName=progress_table,
+                Item=item,
+                ConditionExpression=f"attribute_not_exists({PROGRESS_KEY})",
+            )
+            return True
+        except ClientError as error:
+            if error_code(error) == REPEAT:
+                return False  # stored before (by an earlier run, or by this put's lost answer)
+            raise
+
+    stored, _ = call_with_retries(put_if_absent, f"PutItem {key} in table {progress_table!r}", retry_for_secs)
+    if stored:
+        return None
+    found = _get_item(client, progress_table, key, retry_for_secs) or {}
+    before = json.loads(found.get("settings", {}).get("S", "{}"))
+    differ = {name: value for name, value in before.items() if settings.get(name) != value}
+    return before if differ else None
+
+
 def read_checkpoint(client, progress_table, pipeline_name=PIPELINE_NAME) -> Checkpoint | None:
     """The stored checkpoint, or None when there is none."""
     for _ in range(READ_ATTEMPTS):
