@@ -20,8 +20,15 @@ from pipeline.rules.times import iso_utc
 from pipeline.runtime.engines import choose_engine, engine_errors, runner_name
 from pipeline.runtime.flink import apply_runner_defaults, runner_option_errors  # declares the Flink flags
 from pipeline.runtime.options import LevelAnalyticsOptions, unknown_flags
+from pipeline.runtime.preflight import missing_resources
 from pipeline.runtime.run_status import STATUS_OBJECT, RunStatus
-from pipeline.sinks.dynamodb import claim_settings, create_tables, default_client, read_checkpoint
+from pipeline.sinks.dynamodb import (
+    claim_settings,
+    create_tables,
+    default_client,
+    dynamodb_client_factory,
+    read_checkpoint,
+)
 from pipeline.sinks.objects import join_path, write_object
 from pipeline.sinks.publish import PublishOutputs
 from pipeline.sources.files import ReadEnrichedFiles, ReadProgress
@@ -180,8 +187,16 @@ def run(argv=None):
         LevelAnalyticsOptions(["--help"])  # argparse prints every flag with its default
     options = parse_options(argv)
     FileSystems.set_options(options)  # for paths on other filesystems Beam knows
-    resume_from = prepare_restart(options)
     opts = options.view_as(LevelAnalyticsOptions)
+    problems = missing_resources(
+        opts,
+        kinesis=ClientFactory("kinesis", opts.aws_region, opts.aws_endpoint_url),
+        s3=s3_client_factory(options),
+        dynamodb=dynamodb_client_factory(opts.aws_region, opts.aws_endpoint_url),
+    )
+    if problems:
+        sys.exit("error: " + "; ".join(problems) + ".")
+    resume_from = prepare_restart(options)
     status = RunStatus(
         _status_writer(opts.snapshot_path, s3_client_factory(options)), runner_name(options), opts.update_secs
     )

@@ -128,6 +128,35 @@ def test_bad_options_stop_with_a_message_saying_what_to_change(args, message):
     assert message in result.stderr
 
 
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--stream_name=no-such-stream", "--snapshot_path=x"],
+            "Kinesis stream 'no-such-stream' does not exist",
+        ),
+        (
+            ["--input=x", "--snapshot_path=s3://no-such-bucket/p"],
+            "S3 bucket 'no-such-bucket' of --snapshot_path",
+        ),
+        (
+            ["--input=x", "--dead_letter_path=s3://no-such-bucket/bad", "--snapshot_path=x"],
+            "--dead_letter_path",
+        ),
+        (
+            ["--input=x", "--write_dynamodb", "--level_table=no-such-table"],
+            "DynamoDB table 'no-such-table' (--level_table) does not exist: create it, fix --level_table, "
+            "or pass --create_tables",
+        ),
+    ],
+)
+def test_aws_resources_that_do_not_exist_stop_the_run_before_it_starts(moto_endpoint, args, message):
+    result = run_main(*args, f"--aws_endpoint_url={moto_endpoint}")
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_the_outputs_s3_client_takes_beams_s3_options_as_its_input_does():
     """--input on s3:// goes through Beam's S3 filesystem, the snapshots and dead letters
     through the project's own client: the same --s3_* keys must reach both."""
