@@ -16,7 +16,9 @@ import pytest
 from pipeline.apps import live_view
 from pipeline.apps.live_view import BAR, ViewState, render_frame, status_line
 from pipeline.apps.published import LevelItem
+from pipeline.runtime.run_status import run_status
 from pipeline.sinks.dynamodb import create_tables
+from pipeline.sources.kinesis import FINISHED_WATERMARK_MS
 from pipeline.testing.aws_server import REGION
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -411,3 +413,17 @@ def test_bad_flags_stop_with_a_usage_error(flags):
     with pytest.raises(SystemExit) as stopped:
         live_view.parse_args(flags)
     assert stopped.value.code == 2
+
+
+def test_the_status_watermark_is_the_earliest_of_the_readers_still_reading():
+    """One gauge per root shard; a reader that finished (its shards merged away, or the
+    stop rule) no longer holds the watermark back, and no longer counts."""
+    totals = {
+        "kinesis_watermark_ms_shardId-000": NOW_MS - 6_000,
+        "kinesis_watermark_ms_shardId-001": NOW_MS - 5_000,
+        "kinesis_watermark_ms_shardId-002": FINISHED_WATERMARK_MS,
+    }
+    assert run_status(totals, NOW_MS)["watermark"] == "2026-11-22T16:05:06Z"  # NOW_MS - 6 s
+    assert (
+        run_status({"kinesis_watermark_ms_shardId-002": FINISHED_WATERMARK_MS}, NOW_MS)["watermark"] is None
+    )

@@ -32,6 +32,7 @@ from pipeline.rules.snapshot_format import STATUS_OBJECT
 from pipeline.rules.times import iso_utc
 from pipeline.runtime import metrics
 from pipeline.runtime.beam_patches import fresh_metrics
+from pipeline.sources.kinesis import FINISHED_WATERMARK_MS
 
 __all__ = ["STATUS_OBJECT", "RunStatus", "metric_totals", "run_status", "status_bytes"]
 _DEAD_LETTER_PREFIX = "dead_letters_"  # per reason, from the parser
@@ -67,8 +68,13 @@ def _max_of(totals: dict, prefix: str) -> int | None:
     return max(values) if values else None
 
 
-def _min_of(totals: dict, prefix: str) -> int | None:
-    values = [value for name, value in totals.items() if name.startswith(prefix)]
+def _watermark_ms(totals: dict) -> int | None:
+    """The earliest of the readers' watermarks, leaving out those that have finished."""
+    values = [
+        value
+        for name, value in totals.items()
+        if name.startswith(_WATERMARK_GAUGES) and value < FINISHED_WATERMARK_MS
+    ]
     return min(values) if values else None
 
 
@@ -123,7 +129,7 @@ def run_status(totals: dict, now_ms: int, previous: Sample | None = None, **run)
         "dynamodb_retries": totals.get("dynamodb_retries", 0),
         "dynamodb_rejected_repeats": totals.get("dynamodb_rejected_repeats", 0),
         "s3_puts": totals.get("snapshot_objects_written", 0) + totals.get("dead_letter_objects_written", 0),
-        "watermark": _iso_or_none(_min_of(totals, _WATERMARK_GAUGES)),
+        "watermark": _iso_or_none(_watermark_ms(totals)),
         "closed_until": _iso_or_none(totals.get("ledger_closed_until_ms")),
         "committed_until": _iso_or_none(committed),
         "latest_arrival": _iso_or_none(latest_arrival),

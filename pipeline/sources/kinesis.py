@@ -180,6 +180,11 @@ def shard_iterator_request(stream_name: str, shard_id: str, position: str) -> di
 # --- Restriction and tracker -----------------------------------------------------------
 
 
+# The status's watermark gauge of a restriction that has finished (no longer holding
+# the watermark back): the status takes the earliest of the others.
+FINISHED_WATERMARK_MS = 2**62
+
+
 class RootShard(NamedTuple):
     """The element the reader gets: one root shard and the position the stream starts at
     (which its adopted descendants also start from)."""
@@ -479,6 +484,7 @@ class _ReadShardsFn(beam.DoFn):
         stop_ms = self._s["stop_when_idle_ms"]
         if not restriction.cursors or (stop_ms is not None and all_idle(restriction, now_ms, stop_ms)):
             tracker.try_claim(StopClaim())  # finished: this restriction's watermark goes to +inf
+            self._gauge(root.shard_id, "watermark_ms").set(FINISHED_WATERMARK_MS)
         else:
             tracker.defer_remainder()
 
