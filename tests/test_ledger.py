@@ -3,6 +3,7 @@ instant at a time, snapshots and checkpoints at window ends (docs/semantics.md, 
 counts" and "Outputs", and its worked example)."""
 
 import random
+from itertools import islice
 
 from pipeline.rules.ledger import (
     LEVEL,
@@ -145,6 +146,15 @@ def test_a_count_that_can_never_return_to_zero_stops_the_ledger_instead_of_loopi
     assert late.ledger.levels == (("a", 1),)
     assert next_wake_ms(late.ledger, [], W, stale_after) is None
     assert next_wake_ms(late.ledger, [], W) is not None  # without the guard it would wake forever
+
+
+def test_a_ledger_resumed_with_a_drifted_count_still_stops_once_the_input_has_ended():
+    """After a restart the ledger does not know its last change; the checkpoint's instant
+    bounds it, so the staleness rule still ends the walk instead of looping forever."""
+    resumed = Ledger.resume_from(Checkpoint(120 * S, {"a": 1}, {"/a": 1}), U)
+    steps = list(islice(close_everything(resumed, [], U, W, TIMEOUT + W), 1000))
+    assert 0 < len(steps) < 1000
+    assert steps[-1].ledger.next_instant_ms <= 120 * S + TIMEOUT + 2 * W + U
 
 
 def test_closing_everything_takes_the_steps_of_a_stream_whose_input_ended():

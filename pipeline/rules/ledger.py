@@ -70,6 +70,9 @@ class Ledger(NamedTuple):
             dict(checkpoint.transition_totals),
             (),
             checkpoint.as_of_ms + update_ms,
+            # Not known; the checkpoint's instant is a bound the staleness rule can use
+            # (None would never let a drifted count stop the ledger at the end of input).
+            checkpoint.as_of_ms,
         )
 
     def is_active(self) -> bool:
