@@ -21,7 +21,7 @@ from pipeline.rules.snapshot_format import (
     to_json_bytes,
     transition_information,
 )
-from pipeline.rules.times import parse_timestamp_ms
+from pipeline.rules.times import parse_iso_ms
 from pipeline.runtime import metrics
 from pipeline.sinks.objects import count_retries, join_path, put_object, read_object, write_object
 
@@ -72,11 +72,13 @@ def _is_not_older_than_latest(snapshot_path: str, window_end_ms: int, s3: Client
     if current is None:
         return True
     try:
-        latest_time = json.loads(current)["update_time"]
-    except (ValueError, KeyError):
+        latest_ms = parse_iso_ms(json.loads(current)["update_time"])
+    except (ValueError, KeyError, TypeError):
+        latest_ms = None
+    if latest_ms is None:
         _LOG.warning("unreadable %s; replacing it", LEVELS_LATEST)
         return True
-    return window_end_ms >= parse_timestamp_ms(latest_time)
+    return window_end_ms >= latest_ms
 
 
 class _WriteSnapshotFn(beam.DoFn):
