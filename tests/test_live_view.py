@@ -42,7 +42,7 @@ PIPELINE_STATUS = {
     "engine": "PrismRunner",
     "run_started": "2026-11-22T16:00:00Z",
     "run_finished": None,
-    "watermark": "2026-11-22T16:05:06.500Z",  # 5.5 s behind NOW_MS
+    "watermark": "2026-11-22T16:05:04.500Z",  # 5.5 s behind the status_time
     "closed_until": "2026-11-22T16:05:05Z",  # lag 7 s at NOW_MS
     "committed_until": "2026-11-22T16:05:00Z",
     "stream_records_per_sec": 31.2,
@@ -413,6 +413,12 @@ def test_bad_flags_stop_with_a_usage_error(flags):
     with pytest.raises(SystemExit) as stopped:
         live_view.parse_args(flags)
     assert stopped.value.code == 2
+
+
+def test_the_watermark_lag_is_measured_when_the_status_was_written():
+    no_time = {key: value for key, value in PIPELINE_STATUS.items() if key != "status_time"}
+    assert live_view.watermark_lag_ms(fixed_state(), NOW_MS) == 5_500
+    assert live_view.watermark_lag_ms(fixed_state(status=no_time), NOW_MS) == 7_500
 
 
 def test_the_status_watermark_is_the_earliest_of_the_readers_still_reading():

@@ -193,9 +193,13 @@ def lag_ms(state: ViewState, now_ms: int) -> int | None:
 
 
 def watermark_lag_ms(state: ViewState, now_ms: int) -> int | None:
-    """How far behind now the pipeline's event-time watermark is (its reader's)."""
-    watermark = parse_iso_ms((state.status or {}).get("watermark"))
-    return None if watermark is None else now_ms - watermark
+    """How far behind the wall clock the pipeline's event-time watermark (its reader's)
+    was when the status was written; against now when the status has no time. (Against
+    now, a status rewritten every few seconds would add its own age.)"""
+    status = state.status or {}
+    watermark = parse_iso_ms(status.get("watermark"))
+    measured = parse_iso_ms(status.get("status_time"))
+    return None if watermark is None else (now_ms if measured is None else measured) - watermark
 
 
 def _or_lag(ms: int | None) -> str:
