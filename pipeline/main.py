@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from typing import NamedTuple
 
 import apache_beam as beam
@@ -16,6 +17,7 @@ from apache_beam.runners.runner import PipelineState
 
 from pipeline.aws import ClientFactory
 from pipeline.rules.ledger import Checkpoint
+from pipeline.rules.positions import LATEST, TRIM_HORIZON, parse_initial_position, pinned, restart_position
 from pipeline.rules.times import iso_utc
 from pipeline.runtime.engines import choose_engine, engine_errors, runner_name
 from pipeline.runtime.flink import apply_runner_defaults, runner_option_errors  # declares the Flink flags
@@ -24,6 +26,7 @@ from pipeline.runtime.preflight import missing_resources
 from pipeline.runtime.run_status import STATUS_OBJECT, RunStatus
 from pipeline.sinks.dynamodb import (
     claim_settings,
+    claim_start,
     create_tables,
     default_client,
     dynamodb_client_factory,
@@ -172,12 +175,25 @@ def prepare_restart(options: PipelineOptions) -> Checkpoint | None:
             "new tables (--level_table, --transitions_table, --progress_table) and a new --snapshot_path."
         )
     checkpoint = read_checkpoint(client, opts.progress_table)
-    if checkpoint is not None and opts.stream_name:
-        rebuild_from_ms = checkpoint.as_of_ms - (opts.timeout_secs + opts.max_out_of_orderness_secs) * 1000
-        opts.initial_position = f"AT_TIMESTAMP:{iso_utc(rebuild_from_ms)}"
-        logging.warning(
-            "resuming after %s: re-reading from %s", iso_utc(checkpoint.as_of_ms), opts.initial_position
-        )
+    if opts.stream_name:
+        # Tables with a checkpoint but no stored start (written before starts were
+        # stored): their first start is unknown, so nothing bounds the rebuild.
+        asked = opts.initial_position
+        first = TRIM_HORIZON if checkpoint is not None else pinned(asked, int(time.time() * 1000))
+        first = claim_start(client, opts.progress_table, first)
+        if parse_initial_position(asked).kind != LATEST and asked != first:
+            logging.warning(
+                "--initial_position=%s ignored: these tables were first written from %s; "
+                "use new tables to count from elsewhere",
+                asked,
+                first,
+            )
+        rebuild_ms = (opts.timeout_secs + opts.max_out_of_orderness_secs) * 1000
+        opts.initial_position = restart_position(first, checkpoint and checkpoint.as_of_ms, rebuild_ms)
+        if checkpoint is not None:
+            logging.warning(
+                "resuming after %s: re-reading from %s", iso_utc(checkpoint.as_of_ms), opts.initial_position
+            )
     return checkpoint
 
 

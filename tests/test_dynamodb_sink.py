@@ -21,6 +21,7 @@ from pipeline.sinks.dynamodb import (
     CheckpointUnreadable,
     WriteCounterUpdates,
     claim_settings,
+    claim_start,
     create_tables,
     read_checkpoint,
     write_checkpoint,
@@ -106,6 +107,12 @@ def test_the_settings_are_stored_once_and_other_ones_are_told(tables):
     assert claim_settings(tables.client, tables.progress, {**SETTINGS, "window_secs": 30}) == SETTINGS
     # A setting the store does not have (added by a later version) is no difference.
     assert claim_settings(tables.client, tables.progress, {**SETTINGS, "later_flag": 1}) is None
+
+
+def test_the_first_runs_start_is_stored_once(tables):
+    first = "AT_TIMESTAMP:2026-12-03T10:00:00Z"
+    assert claim_start(tables.client, tables.progress, first) == first
+    assert claim_start(tables.client, tables.progress, "AT_TIMESTAMP:2026-12-03T11:00:00Z") == first
 
 
 def test_a_run_with_other_settings_on_the_same_tables_stops_saying_what_to_change(tables, tmp_path):

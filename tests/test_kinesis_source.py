@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConnectionError, ReadTimeoutError
 
 from pipeline.rules.observations import LATE, printable
-from pipeline.rules.positions import parse_initial_position
+from pipeline.rules.positions import parse_initial_position, pinned, restart_position
 from pipeline.runtime import metrics
 from pipeline.sources.kinesis import (
     KinesisRestriction,
@@ -722,6 +722,29 @@ def test_parse_initial_position():
     for bad in ("", "EARLIEST", "AT_TIMESTAMP:", "AT_TIMESTAMP:yesterday", "AT_SEQUENCE_NUMBER:1"):
         with pytest.raises(ValueError, match="initial position"):
             parse_initial_position(bad)
+
+
+def test_a_restart_reads_from_early_enough_for_its_players_but_never_before_the_first_start():
+    c_ms = int(datetime(2026, 11, 27, 14, 0, tzinfo=UTC).timestamp() * 1000)
+    rebuild_ms = 310_000  # timeout + out-of-orderness
+    assert pinned("LATEST", c_ms) == "AT_TIMESTAMP:2026-11-27T14:00:00Z"
+    assert pinned("TRIM_HORIZON", c_ms) == "TRIM_HORIZON"
+    # No checkpoint yet: where the first run started.
+    assert (
+        restart_position("AT_TIMESTAMP:2026-11-27T13:00:00Z", None, rebuild_ms)
+        == "AT_TIMESTAMP:2026-11-27T13:00:00Z"
+    )
+    assert restart_position("TRIM_HORIZON", None, rebuild_ms) == "TRIM_HORIZON"
+    # After checkpoint C: C - timeout - out-of-orderness, unless the first start is later.
+    assert restart_position("TRIM_HORIZON", c_ms, rebuild_ms) == "AT_TIMESTAMP:2026-11-27T13:54:50Z"
+    assert (
+        restart_position("AT_TIMESTAMP:2026-11-27T13:00:00Z", c_ms, rebuild_ms)
+        == "AT_TIMESTAMP:2026-11-27T13:54:50Z"
+    )
+    assert (
+        restart_position("AT_TIMESTAMP:2026-11-27T13:58:00Z", c_ms, rebuild_ms)
+        == "AT_TIMESTAMP:2026-11-27T13:58:00Z"
+    )
 
 
 def test_transform_rejects_a_bad_initial_position():

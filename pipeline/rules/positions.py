@@ -4,6 +4,8 @@ boto3 (the options check them before anything runs; pipeline.sources.kinesis use
 from datetime import UTC, datetime
 from typing import NamedTuple
 
+from pipeline.rules.times import iso_utc
+
 TRIM_HORIZON = "TRIM_HORIZON"
 LATEST = "LATEST"
 AT_TIMESTAMP = "AT_TIMESTAMP"
@@ -36,3 +38,26 @@ def parse_initial_position(text: str) -> InitialPosition:
         f"initial position {text!r} is not one of LATEST, TRIM_HORIZON or "
         "AT_TIMESTAMP:<ISO 8601 time> (e.g. AT_TIMESTAMP:2026-11-27T14:00:00Z)"
     )
+
+
+def pinned(text: str, now_ms: int) -> str:
+    """An --initial_position value with LATEST pinned to `now_ms` (AT_TIMESTAMP), so
+    that it names the same records whenever it is read again."""
+    if parse_initial_position(text).kind == LATEST:
+        return f"{AT_TIMESTAMP}:{iso_utc(now_ms)}"
+    return text
+
+
+def restart_position(first_start: str, checkpoint_ms: int | None, rebuild_ms: int) -> str:
+    """Where a run on tables with a stored start reads from: without a checkpoint, where
+    the first run started (a run killed before its first checkpoint reads again what it
+    had read); after checkpoint C, from C - `rebuild_ms` (early enough to rebuild every
+    player's state as of C), but never before the first run's start, whose older
+    records were never counted."""
+    if checkpoint_ms is None:
+        return first_start
+    start = parse_initial_position(first_start)
+    from_ms = checkpoint_ms - rebuild_ms
+    if start.kind == AT_TIMESTAMP:
+        from_ms = max(from_ms, start.timestamp_ms)
+    return f"{AT_TIMESTAMP}:{iso_utc(from_ms)}"

@@ -444,17 +444,12 @@ def _read_parts(client, table: str, pipeline_name: str, head: dict) -> Checkpoin
     )
 
 
-def claim_settings(
-    client, progress_table: str, settings: dict, pipeline_name=PIPELINE_NAME, retry_for_secs=RETRY_FOR_SECS
-) -> dict | None:
-    """The settings that shape the numbers are stored once, by the first run on these
-    tables (item "{pipeline_name}/settings" of the progress table); a later run with
-    other ones would mix two contracts in one set of tables, checkpoint and history.
-    Returns the stored settings when they differ from `settings`, else None (stored
-    now, or the same). Only settings the store has are compared: one added to
-    `settings` later is not a difference for tables written before it."""
-    key = f"{pipeline_name}/settings"
-    item = {PROGRESS_KEY: {"S": key}, "settings": {"S": json.dumps(settings, sort_keys=True)}}
+def stored_once(
+    client, progress_table: str, key: str, attribute: str, text: str, retry_for_secs=RETRY_FOR_SECS
+) -> str:
+    """`text` stored under `key` of the progress table, unless something is stored there
+    already (by an earlier run, or by this put's lost answer): returns what is stored."""
+    item = {PROGRESS_KEY: {"S": key}, attribute: {"S": text}}
 
     def put_if_absent():
         try:
@@ -466,16 +461,43 @@ def claim_settings(
             return True
         except ClientError as error:
             if error_code(error) == REPEAT:
-                return False  # stored before (by an earlier run, or by this put's lost answer)
+                return False
             raise
 
     stored, _ = call_with_retries(put_if_absent, f"PutItem {key} in table {progress_table!r}", retry_for_secs)
     if stored:
-        return None
+        return text
     found = _get_item(client, progress_table, key, retry_for_secs) or {}
-    before = json.loads(found.get("settings", {}).get("S", "{}"))
+    return found.get(attribute, {}).get("S", text)
+
+
+def claim_settings(
+    client, progress_table: str, settings: dict, pipeline_name=PIPELINE_NAME, retry_for_secs=RETRY_FOR_SECS
+) -> dict | None:
+    """The settings that shape the numbers are stored once, by the first run on these
+    tables (item "{pipeline_name}/settings" of the progress table); a later run with
+    other ones would mix two contracts in one set of tables, checkpoint and history.
+    Returns the stored settings when they differ from `settings`, else None (stored
+    now, or the same). Only settings the store has are compared: one added to
+    `settings` later is not a difference for tables written before it."""
+    text = json.dumps(settings, sort_keys=True)
+    before = json.loads(
+        stored_once(client, progress_table, f"{pipeline_name}/settings", "settings", text, retry_for_secs)
+    )
     differ = {name: value for name, value in before.items() if settings.get(name) != value}
     return before if differ else None
+
+
+def claim_start(
+    client, progress_table: str, start: str, pipeline_name=PIPELINE_NAME, retry_for_secs=RETRY_FOR_SECS
+) -> str:
+    """Where the first run on these tables started reading the stream (an
+    --initial_position value, LATEST pinned to its time), stored once (item
+    "{pipeline_name}/start"); returns it. A restart never reads from before it: records
+    older than that were never counted, and must not be now."""
+    return stored_once(
+        client, progress_table, f"{pipeline_name}/start", "initialPosition", start, retry_for_secs
+    )
 
 
 def read_checkpoint(client, progress_table, pipeline_name=PIPELINE_NAME) -> Checkpoint | None:
