@@ -60,6 +60,14 @@ def test_an_older_window_published_later_writes_its_history_but_never_moves_the_
     assert json.loads(read(tmp_path, history_names(older.window_end_ms)[0]))["level_player_counts"]
 
 
+@pytest.mark.parametrize("found", [b"not json", b'{"other": 1}', b'{"update_time": "2026-11-27"}'])
+def test_a_latest_object_that_cannot_be_read_is_replaced(tmp_path, found):
+    (tmp_path / LEVELS_LATEST).write_bytes(found)
+    newest = window(T0 + 20_000, 3)
+    assert snapshots.publish_snapshot(str(tmp_path), WINDOW_SECS, newest) == 4
+    assert read(tmp_path, LEVELS_LATEST) == to_json_bytes(level_information(newest, WINDOW_SECS))
+
+
 def test_the_history_is_written_before_the_latest_pair_and_the_levels_object_last(tmp_path, monkeypatch):
     finished, lock = [], threading.Lock()
     put = objects.put_object
