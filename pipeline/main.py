@@ -204,18 +204,17 @@ def run(argv=None):
     options = parse_options(argv)
     FileSystems.set_options(options)  # for paths on other filesystems Beam knows
     opts = options.view_as(LevelAnalyticsOptions)
+    s3 = s3_client_factory(options)
     problems = missing_resources(
         opts,
         kinesis=ClientFactory("kinesis", opts.aws_region, opts.aws_endpoint_url),
-        s3=s3_client_factory(options),
+        s3=s3,
         dynamodb=dynamodb_client_factory(opts.aws_region, opts.aws_endpoint_url),
     )
     if problems:
         sys.exit("error: " + "; ".join(problems) + ".")
     resume_from = prepare_restart(options)
-    status = RunStatus(
-        _status_writer(opts.snapshot_path, s3_client_factory(options)), runner_name(options), opts.update_secs
-    )
+    status = RunStatus(_status_writer(opts.snapshot_path, s3), runner_name(options), opts.update_secs)
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, options, resume_from=resume_from)
     # A bounded replay shows on stderr what it has read as it goes (pipeline.sources.files).

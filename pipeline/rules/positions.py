@@ -40,9 +40,16 @@ def parse_initial_position(text: str) -> InitialPosition:
     )
 
 
+def pin(position: InitialPosition, now_ms: int) -> InitialPosition:
+    """LATEST pinned to `now_ms` (AT_TIMESTAMP), so that the position names the same
+    records whenever it is read again; other positions as they are."""
+    if position.kind == LATEST:
+        return InitialPosition(AT_TIMESTAMP, now_ms)
+    return position
+
+
 def pinned(text: str, now_ms: int) -> str:
-    """An --initial_position value with LATEST pinned to `now_ms` (AT_TIMESTAMP), so
-    that it names the same records whenever it is read again."""
+    """An --initial_position value with LATEST pinned to `now_ms` (see `pin`)."""
     if parse_initial_position(text).kind == LATEST:
         return f"{AT_TIMESTAMP}:{iso_utc(now_ms)}"
     return text

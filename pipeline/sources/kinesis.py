@@ -117,6 +117,7 @@ from pipeline.rules.positions import (
     TRIM_HORIZON,
     InitialPosition,
     parse_initial_position,
+    pin,
 )
 from pipeline.rules.times import epoch_ms
 from pipeline.runtime import metrics
@@ -142,11 +143,10 @@ NOT_FOUND = "ResourceNotFoundException"
 def start_position(initial: InitialPosition, now_ms: int) -> str:
     """The cursor position a shard starts from. LATEST is pinned to the wall clock:
     a bare LATEST iterator cannot be resumed after a restore without skipping."""
+    initial = pin(initial, now_ms)
     if initial.kind == TRIM_HORIZON:
         return TRIM_HORIZON
-    if initial.kind == AT_TIMESTAMP:
-        return f"{AT_TIMESTAMP}:{initial.timestamp_ms}"
-    return f"{AT_TIMESTAMP}:{now_ms}"
+    return f"{AT_TIMESTAMP}:{initial.timestamp_ms}"
 
 
 def after(sequence_number: str) -> str:
