@@ -2,7 +2,7 @@
 
 One live run: simulated players' records are put into moto's Kinesis at their arrival
 times (event time plus up to 10 s) while the pipeline runs continuously, as `make run`
-runs it (out-of-orderness 10 s, updates every 5 s, 10 s windows as `make run` has them,
+runs it (out-of-orderness 10 s, updates every 5 s unless asked, 10 s windows as `make run` has them,
 so that a run of a minute or two publishes enough windows to measure; snapshots on S3,
 DynamoDB), until the bench cancels it. Probes in the pipeline's
 process (bench.probes) note when each value and each snapshot was written, when the
@@ -61,9 +61,18 @@ SIMULATED_LINES_PER_SEC = 8000  # the simulator's speed, roughly, to plan the st
 
 
 def live_run(
-    moto, work: str, name: str, engine: str, players: int, live_secs: int, extra_flags=(), experiments=()
+    moto,
+    work: str,
+    name: str,
+    engine: str,
+    players: int,
+    live_secs: int,
+    extra_flags=(),
+    experiments=(),
+    update_secs=UPDATE_MS // 1000,
 ) -> dict:
-    """One live run of `engine` ("prism", "flink-p1", "flink-p2"); returns its figures."""
+    """One live run of `engine` ("prism", "flink-p1", "flink-p2") with `--update_secs`
+    `update_secs`; returns its figures."""
     kinesis, s3, dynamodb = moto.client("kinesis"), moto.client("s3"), moto.client("dynamodb")
     try:
         s3.create_bucket(Bucket=BUCKET)
@@ -85,6 +94,7 @@ def live_run(
         f"--transitions_table={tables[1]}",
         f"--progress_table={tables[2]}",
         f"--window_secs={WINDOW_SECS}",
+        f"--update_secs={update_secs}",
         *engine_flags(engine),
         *extra_flags,
     ]
@@ -164,7 +174,7 @@ def live_run(
         writes=result["writes"],
     )
     figures = freshness_figures(
-        result, observations, first_arrival, finality, planned_start_ms, offset_ms, producer_end
+        result, observations, first_arrival, finality, planned_start_ms, offset_ms, producer_end, update_secs
     )
     span = producer_end - ready
     warm_start = ready + WARMUP_SECS
@@ -173,6 +183,7 @@ def live_run(
     return {
         "engine": engine,
         "players": players,
+        "update_secs": update_secs,
         "active_players_mid_run": _active_players(observations, planned_start_ms + live_secs * 500),
         "live_secs": span,
         "records_sent": sent,
@@ -228,7 +239,7 @@ def bottleneck(stages: dict, wall_secs: float) -> dict:
 
 
 def freshness_figures(
-    result, observations, first_arrival, finality, start_ms, offset_ms, producer_end
+    result, observations, first_arrival, finality, start_ms, offset_ms, producer_end, update_secs
 ) -> dict:
     """The DynamoDB and snapshot delays (see the module docstring), in seconds."""
     warm_ms = start_ms + WARMUP_SECS * 1000
@@ -249,7 +260,8 @@ def freshness_figures(
             arrived = first_arrival.get((player, time_ms, to_level))
             if not to_level or arrived is None or time_ms < warm_ms:
                 continue  # a timeout (no record made it), or the warm-up
-            instant = time_ms - time_ms % UPDATE_MS + UPDATE_MS
+            update_ms = update_secs * 1000
+            instant = time_ms - time_ms % update_ms + update_ms
             final = finality.could_be_final(instant)
             if final is None or final > producer_end:
                 continue  # could not be final while records were sent

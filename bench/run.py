@@ -11,6 +11,9 @@ Items (each pipeline in a fresh child process, bench.child, timed without its im
   Kinesis at their arrival times while the pipeline runs continuously, on Prism and on
   the embedded Flink at parallelism 1 and 2, at 1,000 and 10,000 players (--full:
   100,000 too);
+- live-1s: the same live run at 1,000 players with `--update_secs=1`, on Prism and on
+  Flink p2: with 5 s updates a changed value waits up to 5 s for its update instant
+  before it can be final, so the DynamoDB target can only be met on a finer grid;
 - catchup: a backlog read at the read rate? (bench.catchup), beside a plain boto3 read
   of the same stream, on Prism and on Flink (--full: 100,000 events over 2 and 8 shards);
 - experiments (only with --experiments): changes not in the product, measured beside the
@@ -54,6 +57,7 @@ MODES = {
         "live_players": [1000, 10_000],
         "live_engines": ["prism", "flink-p1", "flink-p2"],
         "live_secs": 90,
+        "live_1s": [("prism", 1000), ("flink-p2", 1000)],
         "catchup": [(30_000, 2)],
         "catchup_engines": ["prism", "flink-p2"],
     },
@@ -64,6 +68,7 @@ MODES = {
         "live_players": [300],
         "live_engines": ["prism", "flink-p1"],
         "live_secs": 40,
+        "live_1s": [("prism", 300)],
         "catchup": [(3000, 2)],
         "catchup_engines": ["prism", "flink-p2"],
     },
@@ -74,6 +79,7 @@ MODES = {
         "live_players": [1000, 10_000, 100_000],
         "live_engines": ["prism", "flink-p1", "flink-p2"],
         "live_secs": 120,
+        "live_1s": [("prism", 1000), ("flink-p2", 1000)],
         "catchup": [(100_000, 2), (100_000, 8)],
         "catchup_engines": ["prism", "flink-p2"],
     },
@@ -152,7 +158,8 @@ def _check(check: dict | None) -> str:
 
 
 def _label(run: dict) -> str:
-    return f"{run['engine']}, {run['players']:,} players"
+    updates = run.get("update_secs", 5)
+    return f"{run['engine']}, {run['players']:,} players" + ("" if updates == 5 else f", {updates} s updates")
 
 
 def freshness_rows(run: dict) -> list:
@@ -316,6 +323,8 @@ def rows(results: dict) -> list:
     for run in live:
         if run["engine"] in ("prism", "flink-p2"):
             table += freshness_rows(run)
+    for run in results.get("live_1s", []):
+        table += freshness_rows(run) + [scale_row(run)]
     for run in results.get("catchup", []):
         table.append(catchup_row(run))
     for run in live:
@@ -347,7 +356,9 @@ def main(argv=None):
         help="the biggest points too: 100,000 players live, "
         "100,000-event backlogs over 2 and 8 shards (about an hour)",
     )
-    parser.add_argument("--only", default="", help="comma-separated items: parse,bounded,memory,live,catchup")
+    parser.add_argument(
+        "--only", default="", help="comma-separated items: parse,bounded,memory,live,live-1s,catchup"
+    )
     parser.add_argument("--experiments", action="store_true", help="measure bench.experiments' changes too")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "full" if args.full else "default"
@@ -374,6 +385,14 @@ def main(argv=None):
                         results["live"].append(
                             live_run(moto, work, name, engine, players, sizes["live_secs"])
                         )
+            if wanted("live-1s"):
+                results["live_1s"] = []
+                for engine, players in sizes["live_1s"]:
+                    name = f"live-{engine}-{players}-1s"
+                    print(f"live, 1 s updates: {name} ...", flush=True)
+                    results["live_1s"].append(
+                        live_run(moto, work, name, engine, players, sizes["live_secs"], update_secs=1)
+                    )
             if wanted("catchup"):
                 results["catchup"] = []
                 for events, shards in sizes["catchup"]:
