@@ -49,7 +49,13 @@ def parse_args(argv):
     parser.add_argument("--shards", type=int, default=2, help="Kinesis shards (default 2)")
     parser.add_argument("--timeout_secs", type=int, default=60, help="player timeout (default 60 here)")
     parser.add_argument("--window_secs", type=int, default=10, help="snapshot window (default 10 here)")
-    parser.add_argument("--update_secs", type=int, default=5, help="DynamoDB update grid (default 5)")
+    parser.add_argument(
+        "--update_secs",
+        type=int,
+        default=1,
+        help="DynamoDB update grid and status refresh (default 1 here: counts are final once the "
+        "watermark passes the next update instant, so a finer grid shows them sooner)",
+    )
     parser.add_argument("--max_out_of_orderness_secs", type=int, default=5, help="(default 5 here)")
     parser.add_argument("--no-tty", dest="no_tty", action="store_true", help="plain status lines, for logs")
     parser.add_argument(
