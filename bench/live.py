@@ -243,6 +243,7 @@ def freshness_figures(
 ) -> dict:
     """The DynamoDB and snapshot delays (see the module docstring), in seconds."""
     warm_ms = start_ms + WARMUP_SECS * 1000
+    update_ms = update_secs * 1000
     by_key = defaultdict(list)
     for table, key, as_of, _started, ended, _value in result["writes"]:
         if table.endswith("-transitions"):
@@ -260,7 +261,6 @@ def freshness_figures(
             arrived = first_arrival.get((player, time_ms, to_level))
             if not to_level or arrived is None or time_ms < warm_ms:
                 continue  # a timeout (no record made it), or the warm-up
-            update_ms = update_secs * 1000
             instant = time_ms - time_ms % update_ms + update_ms
             final = finality.could_be_final(instant)
             if final is None or final > producer_end:
