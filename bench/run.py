@@ -14,6 +14,9 @@ Items (each pipeline in a fresh child process, bench.child, timed without its im
 - live-1s: the same live run at 1,000 players with `--update_secs=1`, on Prism and on
   Flink p2: with 5 s updates a changed value waits up to 5 s for its update instant
   before it can be final, so the DynamoDB target can only be met on a finer grid;
+- flink-checkpoints: that 1 s run on Flink p2 with shorter checkpoint intervals than the
+  embedded default of 1 s (on the 2.62 job server a stage's watermark moves on as
+  checkpoints finish its bundles, so the interval bounds Flink's freshness);
 - catchup: a backlog read at the read rate? (bench.catchup), beside a plain boto3 read
   of the same stream, on Prism and on Flink (--full: 100,000 events over 2 and 8 shards);
 - experiments (only with --experiments): changes not in the product, measured beside the
@@ -58,6 +61,7 @@ MODES = {
         "live_engines": ["prism", "flink-p1", "flink-p2"],
         "live_secs": 90,
         "live_1s": [("prism", 1000), ("flink-p2", 1000)],
+        "flink_checkpoint_intervals_ms": [500, 250],
         "catchup": [(30_000, 2)],
         "catchup_engines": ["prism", "flink-p2"],
     },
@@ -69,6 +73,7 @@ MODES = {
         "live_engines": ["prism", "flink-p1"],
         "live_secs": 40,
         "live_1s": [("prism", 300)],
+        "flink_checkpoint_intervals_ms": [250],
         "catchup": [(3000, 2)],
         "catchup_engines": ["prism", "flink-p2"],
     },
@@ -80,6 +85,7 @@ MODES = {
         "live_engines": ["prism", "flink-p1", "flink-p2"],
         "live_secs": 120,
         "live_1s": [("prism", 1000), ("flink-p2", 1000)],
+        "flink_checkpoint_intervals_ms": [500, 250],
         "catchup": [(100_000, 2), (100_000, 8)],
         "catchup_engines": ["prism", "flink-p2"],
     },
@@ -158,8 +164,12 @@ def _check(check: dict | None) -> str:
 
 
 def _label(run: dict) -> str:
-    updates = run.get("update_secs", 5)
-    return f"{run['engine']}, {run['players']:,} players" + ("" if updates == 5 else f", {updates} s updates")
+    updates, checkpoints = run.get("update_secs", 5), run.get("checkpointing_interval_ms")
+    return (
+        f"{run['engine']}, {run['players']:,} players"
+        + ("" if updates == 5 else f", {updates} s updates")
+        + ("" if checkpoints is None else f", checkpoints every {checkpoints} ms")
+    )
 
 
 def freshness_rows(run: dict) -> list:
@@ -323,7 +333,7 @@ def rows(results: dict) -> list:
     for run in live:
         if run["engine"] in ("prism", "flink-p2"):
             table += freshness_rows(run)
-    for run in results.get("live_1s", []):
+    for run in results.get("live_1s", []) + results.get("flink_checkpoints", []):
         table += freshness_rows(run) + [scale_row(run)]
     for run in results.get("catchup", []):
         table.append(catchup_row(run))
@@ -357,7 +367,9 @@ def main(argv=None):
         "100,000-event backlogs over 2 and 8 shards (about an hour)",
     )
     parser.add_argument(
-        "--only", default="", help="comma-separated items: parse,bounded,memory,live,live-1s,catchup"
+        "--only",
+        default="",
+        help="comma-separated items: parse,bounded,memory,live,live-1s,flink-checkpoints,catchup",
     )
     parser.add_argument("--experiments", action="store_true", help="measure bench.experiments' changes too")
     args = parser.parse_args(argv)
@@ -393,6 +405,23 @@ def main(argv=None):
                     results["live_1s"].append(
                         live_run(moto, work, name, engine, players, sizes["live_secs"], update_secs=1)
                     )
+            if wanted("flink-checkpoints"):
+                results["flink_checkpoints"] = []
+                players = sizes["live_1s"][0][1]
+                for interval in sizes["flink_checkpoint_intervals_ms"]:
+                    name = f"live-flink-p2-{players}-1s-checkpoints-{interval}ms"
+                    print(f"live, Flink checkpoints every {interval} ms: {name} ...", flush=True)
+                    run = live_run(
+                        moto,
+                        work,
+                        name,
+                        "flink-p2",
+                        players,
+                        sizes["live_secs"],
+                        extra_flags=[f"--checkpointing_interval={interval}"],
+                        update_secs=1,
+                    )
+                    results["flink_checkpoints"].append({**run, "checkpointing_interval_ms": interval})
             if wanted("catchup"):
                 results["catchup"] = []
                 for events, shards in sizes["catchup"]:
