@@ -100,15 +100,25 @@ backfill: $(STAMP) ## bounded replay: simulate 30 minutes of 300 players to a fi
 	$(PY) -m pipeline.main --input 'out/events.tsv' --snapshot_path out/snapshots --dead_letter_path out/dead_letters
 	@echo "snapshots in out/snapshots (latest: out/snapshots/level_information.json)"
 
-# Beam's Flink job server, assembled by Maven from Maven Central (flink/pom.xml, docs/flink.md).
+# Beam's Flink job server, assembled by Maven from Maven Central (flink/pom.xml, docs/flink.md),
+# once per content of flink/pom.xml (a stamp beside the jar names its checksum), so that a
+# fresh clone, whose pom.xml is newer than the cached jar, does not build it again. A jar
+# named by FLINK_JOB_SERVER_JAR is used as it is: never built, never overwritten.
 FLINK_JAR ?= $(or $(FLINK_JOB_SERVER_JAR),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/level-analytics/beam-runners-flink-1.19-job-server-2.62.0.jar)
+FLINK_JAR_BUILT := $(FLINK_JAR).pom-$(firstword $(shell cksum flink/pom.xml))
 
-flink-jar: $(FLINK_JAR) ## build Beam's Flink job server jar with Maven (once; cached under ~/.cache)
+ifdef FLINK_JOB_SERVER_JAR
+flink-jar:
+	@test -f '$(FLINK_JAR)' || { echo "FLINK_JOB_SERVER_JAR=$(FLINK_JAR): no such file; unset it to build the jar"; exit 1; }
+else
+flink-jar: $(FLINK_JAR_BUILT) ## build Beam's Flink job server jar with Maven (once; cached under ~/.cache)
 
-$(FLINK_JAR): flink/pom.xml
+$(FLINK_JAR_BUILT):
 	mvn -B -q -Dstyle.color=never -f flink/pom.xml package
 	mkdir -p $(dir $(FLINK_JAR))
 	cp flink/target/beam-flink-job-server.jar $(FLINK_JAR)
+	touch $@
+endif
 
 test-flink: install ## only the Flink and portable-runner tests: embedded Flink, checkpoints, recovery (~5 min)
 	-@$(MAKE) --no-print-directory flink-jar
