@@ -18,6 +18,7 @@ from apache_beam.runners.runner import PipelineState
 from pipeline.aws import ClientFactory
 from pipeline.rules.ledger import Checkpoint
 from pipeline.rules.positions import LATEST, TRIM_HORIZON, parse_initial_position, pinned, restart_position
+from pipeline.rules.snapshot_format import figures_line
 from pipeline.rules.times import iso_utc
 from pipeline.runtime.engines import choose_engine, engine_errors, runner_name
 from pipeline.runtime.flink import apply_runner_defaults, runner_option_errors  # declares the Flink flags
@@ -223,15 +224,14 @@ def run(argv=None):
     # A stream runs until cancelled: its figures are published while it runs.
     status.follow(result, on_error=lambda error: _LOG.warning("pipeline status not published: %s", error))
     try:
-        state = _wait_unless_interrupted(result, status)
+        state = _wait_unless_interrupted(result, status, committed_ms=lambda: _committed_ms(opts))
     finally:
         status.stop()
         if progress is not None:
             progress.stop()
     summary = status.publish(result, str(state), finished=True, committed_ms=_committed_ms(opts))
     print(
-        f"{state}: read {summary['records_read']} records, {summary['transitions']} transitions, "
-        f"{sum(summary['dead_letters'].values())} dead letters, {summary['dynamodb_writes']} DynamoDB writes"
+        f"{state}: {figures_line(summary)}"
         + ("" if summary["committed_until"] is None else f"; committed up to {summary['committed_until']}"),
         file=sys.stderr,
     )
@@ -240,7 +240,7 @@ def run(argv=None):
     return result
 
 
-def _wait_unless_interrupted(result, status: RunStatus):
+def _wait_unless_interrupted(result, status: RunStatus, committed_ms):
     """The job's end state; on Ctrl-C (the normal way to stop a stream), cancel the job
     and exit. gRPC may turn the interrupt into a cancelled or closed call (seen on
     Flink), so the SIGINT itself, not the exception's type, says Ctrl-C was pressed."""
@@ -262,20 +262,23 @@ def _wait_unless_interrupted(result, status: RunStatus):
     except BaseException as error:
         if not (isinstance(error, KeyboardInterrupt) or interrupted.is_set()):
             raise
-        _stop_quietly(result, status)
+        _stop_quietly(result, status, committed_ms)
         sys.exit("stopped (Ctrl-C); a restart with the same flags resumes from the last checkpoint")
     finally:
         if watching:
             signal.signal(signal.SIGINT, previous)
 
 
-def _stop_quietly(result, status: RunStatus):
+def _stop_quietly(result, status: RunStatus, committed_ms):
     """Cancel the job and say so in the status. The engine shares our process group, so
     it may be gone already: the SDK's threads then fail on their connections, which is
     the expected end here, not news for the terminal."""
     threading.excepthook = lambda args: None
     status.stop()
-    for step in (result.cancel, lambda: status.publish(result, "CANCELLED", finished=True)):
+    for step in (
+        result.cancel,
+        lambda: status.publish(result, "CANCELLED", finished=True, committed_ms=committed_ms()),
+    ):
         try:
             step()
         except Exception as error:  # noqa: BLE001 - best effort on the way out

@@ -16,7 +16,8 @@ import pytest
 from pipeline.apps import live_view
 from pipeline.apps.live_view import BAR, ViewState, render_frame, status_line
 from pipeline.apps.published import LevelItem
-from pipeline.runtime.run_status import run_status
+from pipeline.rules.snapshot_format import figures_line
+from pipeline.runtime.run_status import RunStatus, run_status
 from pipeline.sinks.dynamodb import create_tables
 from pipeline.sources.kinesis import FINISHED_WATERMARK_MS
 from pipeline.testing.aws_server import REGION
@@ -433,3 +434,57 @@ def test_the_status_watermark_is_the_earliest_of_the_readers_still_reading():
     assert (
         run_status({"kinesis_watermark_ms_shardId-002": FINISHED_WATERMARK_MS}, NOW_MS)["watermark"] is None
     )
+
+
+def test_figures_a_runner_did_not_report_are_shown_as_unknown_never_as_0():
+    """Flink's 2.62 job server reports a job's metrics only when it ends: while it runs,
+    the status's figures from metrics are null, and the view and the closing line say
+    they are unknown instead of showing nothing read and nothing written."""
+    status = run_status({}, NOW_MS, state="RUNNING", engine="FlinkRunner", committed_ms=COMMITTED_MS)
+    for figure in ("records_read", "transitions", "dead_letters", "dynamodb_writes", "s3_puts"):
+        assert status[figure] is None, figure
+    assert status["committed_until"] is not None  # read from the progress table, not from metrics
+    line = status_line(fixed_state(status=status), NOW_MS)
+    assert "dead_letters=— ddb_writes=— throttles=—" in line and "pipeline/s=—" in line
+    frame = render_frame(fixed_state(status=status), 100, NOW_MS)
+    assert "records read —" in frame and "dynamodb writes —" in frame
+    assert figures_line(status).startswith("reported no figures (FlinkRunner gave no metrics")
+
+    counted = run_status({"lines_read": 7, "transitions": 3}, NOW_MS, state="RUNNING")
+    assert counted["records_read"] == 7 and counted["dynamodb_writes"] == 0  # reported: 0 is 0
+    assert figures_line(counted) == "read 7 records, 3 transitions, 0 dead letters, 0 DynamoDB writes"
+
+
+def test_the_last_status_is_written_when_the_engine_is_gone():
+    """After Ctrl-C the engine is gone (Prism, Flink's job server) and asking for metrics
+    fails: the last status still says CANCELLED, what was committed and the figures last
+    reported; while the job runs, the same failure is raised to the status thread, which
+    reports it."""
+    from apache_beam.metrics.execution import MetricKey, MetricResult
+    from apache_beam.metrics.metricbase import MetricName
+
+    from pipeline.runtime import metrics
+
+    class Metrics:
+        def query(self, _filter):
+            key = MetricKey("ParseEvents", MetricName(metrics.NAMESPACE, "lines_read"))
+            return {"counters": [MetricResult(key, 41, 41)], "gauges": []}
+
+    class Job:
+        gone = False
+
+        def metrics(self):
+            if self.gone:
+                raise RuntimeError("Channel closed prematurely.")
+            return Metrics()
+
+    written, job = [], Job()
+    status = RunStatus(written.append, "PrismRunner", 1.0, clock=lambda: NOW_MS / 1000)
+    assert status.publish(job, "RUNNING")["records_read"] == 41
+    job.gone = True
+    with pytest.raises(RuntimeError, match="Channel closed"):
+        status.publish(job, "RUNNING")
+    last = status.publish(job, "CANCELLED", finished=True, committed_ms=COMMITTED_MS)
+    assert json.loads(written[-1]) == last
+    assert last["state"] == "CANCELLED" and last["run_finished"] is not None
+    assert last["committed_until"] is not None and last["records_read"] == 41

@@ -205,11 +205,14 @@ class FailingJob(InterruptedAsAClosedCall):
 
 
 class QuietStatus:
+    def __init__(self):
+        self.published = []
+
     def stop(self):
         pass
 
-    def publish(self, *args, **kwargs):
-        pass
+    def publish(self, pipeline_result, state, **kwargs):
+        self.published.append((state, kwargs))
 
 
 def test_ctrl_c_stops_the_job_whatever_the_runner_turns_it_into():
@@ -217,10 +220,12 @@ def test_ctrl_c_stops_the_job_whatever_the_runner_turns_it_into():
 
     before = signal.signal(signal.SIGINT, signal.default_int_handler)  # earlier tests may set one
     try:
-        job = InterruptedAsAClosedCall()
+        job, status = InterruptedAsAClosedCall(), QuietStatus()
         with pytest.raises(SystemExit, match=r"stopped \(Ctrl-C\)"):
-            _wait_unless_interrupted(job, QuietStatus())
+            _wait_unless_interrupted(job, status, committed_ms=lambda: 1_796_205_660_000)
         assert job.cancelled
+        # The last status says so, with the checkpoint committed by then.
+        assert status.published == [("CANCELLED", {"finished": True, "committed_ms": 1_796_205_660_000})]
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
     finally:
         signal.signal(signal.SIGINT, before)
@@ -242,7 +247,7 @@ def test_ctrl_c_still_reaches_a_handler_beam_installed():
     try:
         job = InterruptedAsAClosedCall()
         with pytest.raises(SystemExit, match=r"stopped \(Ctrl-C\)"):
-            _wait_unless_interrupted(job, QuietStatus())
+            _wait_unless_interrupted(job, QuietStatus(), committed_ms=lambda: None)
         assert signal.getsignal(signal.SIGINT) is beams  # put back
     finally:
         signal.signal(signal.SIGINT, before)
@@ -254,5 +259,5 @@ def test_a_failure_without_ctrl_c_is_raised():
 
     job = FailingJob()
     with pytest.raises(RuntimeError, match="Channel closed"):
-        _wait_unless_interrupted(job, QuietStatus())
+        _wait_unless_interrupted(job, QuietStatus(), committed_ms=lambda: None)
     assert not job.cancelled

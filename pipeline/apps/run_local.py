@@ -28,7 +28,7 @@ import threading
 import time
 
 from pipeline.aws import ClientFactory
-from pipeline.rules.snapshot_format import STATUS_OBJECT
+from pipeline.rules.snapshot_format import STATUS_OBJECT, figures_line
 from pipeline.rules.tables import LEVEL_TABLE, PROGRESS_TABLE, TRANSITIONS_TABLE
 from pipeline.testing.aws_server import DUMMY_CREDENTIALS, free_port, is_free
 
@@ -273,9 +273,7 @@ class LocalSystem:
         if not t:
             return f"stopped: the pipeline published no status; logs in {self.args.workdir}"
         return (
-            f"stopped: the pipeline read {t.get('records_read', 0)} records, "
-            f"{t.get('transitions', 0)} transitions, {sum(t.get('dead_letters', {}).values())} dead letters, "
-            f"{t.get('dynamodb_writes', 0)} DynamoDB writes, committed up to {t.get('committed_until') or '—'}; "
+            f"stopped: the pipeline {figures_line(t)}, committed up to {t.get('committed_until') or '—'}; "
             f"logs in {self.args.workdir}"
         )
 

@@ -64,6 +64,20 @@ TRANSITIONS_LATEST = "transition_information.json"
 STATUS_OBJECT = "pipeline_status.json"  # what the last run did (pipeline.runtime.run_status)
 
 
+def figures_line(status: dict) -> str:
+    """The closing line's figures: "read N records, T transitions, D dead letters, W
+    DynamoDB writes", or that the engine reported none."""
+    if status.get("records_read") is None:
+        return (
+            f"reported no figures ({status.get('engine') or 'the engine'} gave no metrics; "
+            "Flink's job server gives them only when a job ends)"
+        )
+    return (
+        f"read {status['records_read']} records, {status['transitions']} transitions, "
+        f"{sum(status['dead_letters'].values())} dead letters, {status['dynamodb_writes']} DynamoDB writes"
+    )
+
+
 def history_names(window_end_ms: int) -> tuple[str, str]:
     stamp = iso_utc(window_end_ms)
     return f"history/levels/{stamp}.json", f"history/transitions/{stamp}.json"

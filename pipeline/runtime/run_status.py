@@ -19,6 +19,9 @@ behind now.
 `closed_until` is the latest update instant the ledger closed (event time, on the
 --update_secs grid, so up to that much behind the watermark): now minus it is the lag
 of the counts.
+While the runner reports none of the pipeline's metrics (Flink's 2.62 job server reports
+them only when a job ends; any runner before its first bundle), the figures made from
+them are null, "not reported", never 0.
 """
 
 import json
@@ -40,6 +43,16 @@ _LATE = ("late_observations", "kinesis_late_records")
 _ARRIVAL_GAUGES = "kinesis_latest_arrival_ms_"  # one per shard
 _BEHIND_GAUGES = "kinesis_behind_ms_"
 _WATERMARK_GAUGES = "kinesis_watermark_ms_"  # one per root shard: the reader's watermark
+_COUNTS = (  # the status's figures that are metric totals
+    "records_read",
+    "observations",
+    "transitions",
+    "dead_letters",
+    "dynamodb_writes",
+    "dynamodb_retries",
+    "dynamodb_rejected_repeats",
+    "s3_puts",
+)
 
 
 def _value(result) -> int | None:
@@ -108,14 +121,14 @@ def run_status(totals: dict, now_ms: int, previous: Sample | None = None, **run)
     records_read = totals.get("lines_read", 0)
     latest_arrival = _max_of(totals, _ARRIVAL_GAUGES)
     pipeline_rate = stream_rate = None
-    if previous is not None:
+    if previous is not None and previous.records_read is not None and totals:
         read = records_read - previous.records_read
         pipeline_rate = _per_sec(read, now_ms - previous.wall_ms)
         if latest_arrival is not None:
             arrival_span = latest_arrival - (previous.latest_arrival_ms or latest_arrival)
             stream_rate = _per_sec(read, arrival_span if previous.latest_arrival_ms else None)
     committed = totals.get("committed_until_ms", run.get("committed_ms"))
-    return {
+    status = {
         "status_time": iso_utc(now_ms),
         "state": run.get("state"),
         "engine": run.get("engine"),
@@ -137,6 +150,9 @@ def run_status(totals: dict, now_ms: int, previous: Sample | None = None, **run)
         "pipeline_records_per_sec": pipeline_rate,
         "stream_records_per_sec": stream_rate,
     }
+    if not totals:
+        status.update(dict.fromkeys(_COUNTS))
+    return status
 
 
 def status_bytes(status: dict) -> bytes:
@@ -154,6 +170,7 @@ class RunStatus:
         self._clock = clock
         self._started_ms = self._now_ms()
         self._previous = None
+        self._last_totals = {}
         self._stop = threading.Event()
         self._thread = None
 
@@ -162,7 +179,16 @@ class RunStatus:
 
     def publish(self, pipeline_result, state: str, finished: bool = False, committed_ms=None) -> dict:
         now_ms = self._now_ms()
-        totals = metric_totals(pipeline_result)
+        try:
+            totals = metric_totals(pipeline_result)
+        except Exception:
+            if not finished:
+                raise
+            # A cancelled job's engine may be gone (Prism and Flink's job server are, after
+            # Ctrl-C): the last status still says how the run ended and what was committed,
+            # with the figures last reported.
+            totals = self._last_totals
+        self._last_totals = totals
         status = run_status(
             totals,
             now_ms,
