@@ -233,3 +233,21 @@ def test_a_players_state_is_weighed_by_its_estimate_and_pickles_back_whole():
     assert weight <= sys.getsizeof(stored) <= weight + 64  # the estimate, plus the object's header
     again = PickleCoder().decode(PickleCoder().encode(stored))
     assert (again.timeline, again.pending) == (timeline, pending)
+
+
+def test_the_global_window_is_built_once_and_is_the_same_window(monkeypatch):
+    from apache_beam.transforms import window
+
+    end = window.GlobalWindow().end
+    assert beam_patches.build_global_window_once() is True
+    assert beam_patches.build_global_window_once() is True  # idempotent
+    reads = []
+    read_end = window.GlobalWindow._getTimestampFromProto
+    monkeypatch.setattr(
+        window.GlobalWindow, "_getTimestampFromProto", staticmethod(lambda: reads.append(1) or read_end())
+    )
+    windows = window.GlobalWindows().assign(None) + [window.GlobalWindow() for _ in range(3)]
+    assert reads == []  # built once, before: not again for every element
+    assert all(w is windows[0] and w == window.GlobalWindow() for w in windows)
+    assert windows[0].end == end == window.GlobalWindow._getTimestampFromProto()
+    assert windows[0].max_timestamp() < end

@@ -148,3 +148,34 @@ def test_bad_lines_raise_with_a_clear_reason(line, reason, words):
     got_reason, detail = reason_of(line)
     assert got_reason == reason
     assert words in detail
+
+
+def test_the_parse_step_counts_lines_observations_and_dead_letters():
+    """The counters the live view and the closing line read (lines_read is "records read")."""
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipeline.rules.observations import EnrichedRecord
+    from pipeline.transforms.parse_events import ParseEnrichedEvents
+
+    two = enriched_line("e-2", T, [level_context("p1", "a"), level_context("p2", "b")])
+    lines = [two, enriched_line("e-1", T, [level_context("p3", "c")]), enriched_line("e-0", T, []), "junk"]
+    with beam.Pipeline(runner="FnApiRunner") as pipeline:
+        parsed = (
+            pipeline
+            | beam.Create([EnrichedRecord(f"f:{n}", line) for n, line in enumerate(lines, start=1)])
+            | ParseEnrichedEvents()
+        )
+        assert_that(
+            parsed[ParseEnrichedEvents.OBSERVATIONS] | beam.Map(lambda o: o.player),
+            equal_to(["p1", "p2", "p3"]),
+        )
+    counters = pipeline.result.metrics().query(MetricsFilter())["counters"]
+    counted = {c.key.metric.name: c.committed for c in counters}
+    assert counted == {
+        "lines_read": 4,
+        "lines_without_level_context": 1,
+        "observations": 3,
+        f"dead_letters_{UNPARSEABLE}": 1,
+    }
