@@ -1,4 +1,4 @@
-"""The bench's probes and checks.
+"""The bench's probes, checks and direct calls into the pipeline.
 
 The probes wrap pipeline functions by name (bench.probes): a wrapper that no
 longer takes what the function it replaces takes fails every call of a measured run
@@ -45,3 +45,12 @@ def test_the_bench_check_counts_a_window_cut_off_by_the_stop_as_a_mismatch(tmp_p
     checked = check_run([], str(tmp_path), timeout_secs=300, window_secs=60, finished=False)
     assert not checked["exact"]
     assert checked["mismatches"] == [f"window {iso_utc(end_ms)}: one of its two documents only"]
+
+
+def test_the_parse_figures_still_run_the_parse_step_they_measure():
+    """bench.parse (and bench.hostile, alike) call the parse DoFn's process() directly,
+    outside a pipeline: it failed once when the DoFn began counting per bundle."""
+    from bench import parse
+
+    figures = parse.measure(lines=300)
+    assert figures["lines"] > 0 and figures["parse_lines_per_s"] > 0
