@@ -15,9 +15,9 @@ is still running: a stream's windows are written as it goes, not when it ends.
 With checkpointing on, Beam's Flink runner keeps a streaming job running after its input
 is done (so checkpoints keep working), as a live job would: the checkpointed tests wait
 until the outputs equal the model, then cancel the job. The reader still stops once the
-stream is drained (--stop_when_idle_secs), which releases its watermark: on this job
-server (Beam 2.62) a reader that keeps polling an idle stream does not move Flink's
-watermark with the clock (docs/flink.md, known limits).
+stream is drained (--stop_when_idle_secs), which releases its watermark. A stream that
+goes quiet and is not stopped has its watermark moved with the clock, on Flink too (the
+quiet-stream test).
 
 The job server jar comes from `make flink-jar` ($FLINK_JOB_SERVER_JAR, else the user cache;
 see pipeline/runtime/engines.py). Without it every test here is skipped, naming the Maven
@@ -42,12 +42,18 @@ from apache_beam.runners.runner import PipelineState
 from pipeline.apps.producer import put_records
 from pipeline.apps.simulator import SimulationSettings, simulate, write_lines
 from pipeline.main import build_pipeline, parse_options, prepare_restart
+from pipeline.rules.times import iso_utc, parse_timestamp_ms
 from pipeline.runtime import flink as runners
 from pipeline.runtime.options import LevelAnalyticsOptions
 from pipeline.sources.kinesis import ReadKinesisRecords
 from pipeline.testing.aws_server import free_port, make_stream
 from pipeline.testing.outputs import assert_history_equals_model, read_history
-from pipeline.testing.reference_model import model_transition_totals
+from pipeline.testing.reference_model import (
+    model_transition_totals,
+    model_transitions,
+    players_at,
+    snapshot_as_files,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JAR = runners.default_job_server_jar()
@@ -271,6 +277,55 @@ def test_stream_on_flink_matches_the_model(moto_endpoint, flink_job_server, tmp_
 
     completed = [line for line in log.lines if COMPLETED.search(line)][checkpoints_before:]
     assert completed, "no Flink checkpoint completed during the run"
+
+
+def test_a_quiet_stream_keeps_flink_publishing_windows_with_the_clock(
+    moto_endpoint, flink_job_server, tmp_path
+):
+    """The stream goes quiet while its players are still in their levels: after
+    --idle_shard_secs the reader moves its watermark with the clock, and on Flink too the
+    windows after the last record keep coming, each with the players still there. (Until
+    2026-12-04 docs/flink.md said this job server kept a quiet stream's watermark put.)"""
+    job_endpoint, _log = flink_job_server
+    now_ms = int(time.time() * 1000)
+    stream = simulate(  # two minutes of events, the last about half a minute ago
+        SimulationSettings(seed=31, players=40, duration_secs=120, start_ms=now_ms - 150_000)
+    )
+    last_record_ms = max(o.event_time_ms for o in stream.observations)
+    name = "flink-quiet"
+    make_stream(moto_endpoint, name, shards=2)
+    put_records(
+        boto3.client("kinesis", endpoint_url=moto_endpoint, region_name="us-east-1"), name, stream.lines
+    )
+    out, bad = tmp_path / "out", tmp_path / "bad"
+    args = [
+        a for a in streaming_args(name, moto_endpoint, out, bad, job_endpoint) if "stop_when_idle" not in a
+    ]
+    options = checked_options([*args, "--idle_shard_secs=5", "--window_secs=10", KEEP_SOURCES_ALIVE])
+    transitions = model_transitions(stream.observations, 300_000)  # --timeout_secs' default
+
+    def windows_after_the_last_record_equal_the_model():
+        history = read_history(str(out))
+        ends = sorted(parse_timestamp_ms(end) for end in history)
+        assert ends and ends[-1] >= last_record_ms + 30_000, (
+            f"latest window ends {ends[-1:]}, the last record is at {last_record_ms}"
+        )
+        for end_ms in ends:
+            in_window = {}
+            for from_level, to_level, time_ms in transitions:
+                if end_ms - 10_000 <= time_ms < end_ms:
+                    key = f"{from_level}/{to_level}"
+                    in_window[key] = in_window.get(key, 0) + 1
+            levels, moves = snapshot_as_files(players_at(transitions, end_ms), in_window)
+            level_doc, transition_doc = history[iso_utc(end_ms)]
+            assert level_doc["level_player_counts"] == levels, iso_utc(end_ms)
+            assert transition_doc["transitions"] == moves, iso_utc(end_ms)
+        assert players_at(transitions, ends[-1])  # players still in their levels, not an empty game
+
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, options, resume_from=prepare_restart(options))
+    took = run_until_outputs_match(pipeline, windows_after_the_last_record_equal_the_model, deadline_secs=300)
+    print(f"a window 30 s after the last record was published {took:.1f} s after the job started")
 
 
 class FailOnceAfterACheckpoint(beam.DoFn):
