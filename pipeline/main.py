@@ -240,33 +240,42 @@ def run(argv=None):
     return result
 
 
+# How a stream is stopped: Ctrl-C, or a supervisor's SIGTERM (systemd, docker stop,
+# Kubernetes). SIGTERM's default would end this process alone, without its exit handlers:
+# the job server Beam started for Flink (a JVM) was seen left running.
+STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
+
+
 def _wait_unless_interrupted(result, status: RunStatus, committed_ms):
-    """The job's end state; on Ctrl-C (the normal way to stop a stream), cancel the job
-    and exit. gRPC may turn the interrupt into a cancelled or closed call (seen on
-    Flink), so the SIGINT itself, not the exception's type, says Ctrl-C was pressed."""
-    interrupted = threading.Event()
-    previous = signal.getsignal(signal.SIGINT)  # Beam's on Flink: it stops the job server first
-    # Signals are set on the main thread only; an ignored SIGINT stays ignored.
-    watching = threading.current_thread() is threading.main_thread() and previous is not signal.SIG_IGN
+    """The job's end state; on Ctrl-C or SIGTERM, cancel the job and exit (Beam's exit
+    handlers then stop the engine it started). gRPC may turn the interrupt into a
+    cancelled or closed call (seen on Flink), so the signal itself, not the exception's
+    type, says the run was stopped."""
+    received = []
+    # Signals are set on the main thread only; an ignored signal stays ignored.
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    watched = [s for s, handler in previous.items() if on_main_thread and handler is not signal.SIG_IGN]
 
     def note_then_interrupt(signum, frame):
-        interrupted.set()
-        if callable(previous):
-            previous(signum, frame)
+        received.append(signum)
+        if callable(previous[signum]):  # Beam's SIGINT handler on Flink: it stops the job server first
+            previous[signum](signum, frame)
         raise KeyboardInterrupt
 
-    if watching:
-        signal.signal(signal.SIGINT, note_then_interrupt)
+    for signum in watched:
+        signal.signal(signum, note_then_interrupt)
     try:
         return result.wait_until_finish()
     except BaseException as error:
-        if not (isinstance(error, KeyboardInterrupt) or interrupted.is_set()):
+        if not (isinstance(error, KeyboardInterrupt) or received):
             raise
         _stop_quietly(result, status, committed_ms)
-        sys.exit("stopped (Ctrl-C); a restart with the same flags resumes from the last checkpoint")
+        how = STOP_SIGNALS[received[0]] if received else STOP_SIGNALS[signal.SIGINT]
+        sys.exit(f"stopped ({how}); a restart with the same flags resumes from the last checkpoint")
     finally:
-        if watching:
-            signal.signal(signal.SIGINT, previous)
+        for signum in watched:
+            signal.signal(signum, previous[signum])
 
 
 def _stop_quietly(result, status: RunStatus, committed_ms):

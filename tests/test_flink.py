@@ -24,10 +24,12 @@ see pipeline/runtime/engines.py). Without it every test here is skipped, naming 
 coordinates the jar is built from.
 """
 
+import contextlib
 import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -326,6 +328,83 @@ def test_a_quiet_stream_keeps_flink_publishing_windows_with_the_clock(
     build_pipeline(pipeline, options, resume_from=prepare_restart(options))
     took = run_until_outputs_match(pipeline, windows_after_the_last_record_equal_the_model, deadline_secs=300)
     print(f"a window 30 s after the last record was published {took:.1f} s after the job started")
+
+
+def descendants(pid: int) -> dict:
+    """{pid: command} of every process under `pid`."""
+    parents, commands = {}, {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    commands[int(entry)] = handle.read().replace(b"\0", b" ").decode(errors="replace")
+            except (OSError, IndexError, ValueError):
+                pass
+    found, frontier = {}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, its_parent in parents.items():
+            if its_parent == parent and child not in found:
+                found[child] = commands.get(child, "")
+                frontier.append(child)
+    return found
+
+
+def test_sigterm_stops_a_flink_run_and_the_job_server_it_started(moto_endpoint, tmp_path):
+    """A supervisor's SIGTERM (systemd, docker stop, Kubernetes) stops pipeline.main as
+    Ctrl-C does: the job cancelled, the last status written, and the job server Beam
+    started for it, a JVM, stopped with it. (SIGTERM's default ended the Python process
+    alone, and the JVM was left running.)"""
+    name = "flink-sigterm"
+    new_stream(moto_endpoint, name, seed=41)
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.main",
+            f"--stream_name={name}",
+            f"--aws_endpoint_url={moto_endpoint}",
+            "--aws_region=us-east-1",
+            "--initial_position=TRIM_HORIZON",
+            f"--snapshot_path={out}",
+            "--runner=FlinkRunner",
+            "--flink_master=[local]",
+            f"--flink_job_server_jar={JAR}",
+            "--parallelism=1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + OUTPUT_DEADLINE_SECS
+        while not (out / "history" / "levels").is_dir():  # the job runs and has published
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no window published"
+            time.sleep(2)
+        job_server = {pid: cmd for pid, cmd in descendants(process.pid).items() if "job-server" in cmd}
+        assert job_server, "no job server under the run"
+
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    try:
+        assert "stopped (SIGTERM)" in stderr, stderr[-3000:]
+        assert json.loads((out / "pipeline_status.json").read_text())["state"] == "CANCELLED"
+        deadline = time.monotonic() + 30
+        while [pid for pid in job_server if os.path.exists(f"/proc/{pid}")]:
+            assert time.monotonic() < deadline, f"the job server outlived the run: {job_server}"
+            time.sleep(1)
+    finally:
+        for pid in job_server:  # not left behind for the next tests, whatever happened
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 class FailOnceAfterACheckpoint(beam.DoFn):

@@ -181,19 +181,20 @@ def test_the_outputs_s3_client_takes_beams_s3_options_as_its_input_does():
 
 
 class InterruptedAsAClosedCall:
-    """A job whose wait is interrupted by Ctrl-C, reported as gRPC does on Flink: the
-    interrupt becomes a closed call, not a KeyboardInterrupt."""
+    """A job whose wait is interrupted by Ctrl-C (or another signal), reported as gRPC
+    does on Flink: the interrupt becomes a closed call, not a KeyboardInterrupt."""
 
-    def __init__(self):
+    def __init__(self, signum=signal.SIGINT):
         self.cancelled = False
+        self._signum = signum
 
     def wait_until_finish(self):
         try:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self._signum)
             time.sleep(5)
         except KeyboardInterrupt:
             raise RuntimeError("Stream removed (Channel closed!)") from None
-        raise AssertionError("SIGINT did not interrupt the wait")
+        raise AssertionError(f"signal {self._signum} did not interrupt the wait")
 
     def cancel(self):
         self.cancelled = True
@@ -215,20 +216,26 @@ class QuietStatus:
         self.published.append((state, kwargs))
 
 
-def test_ctrl_c_stops_the_job_whatever_the_runner_turns_it_into():
+@pytest.mark.parametrize(
+    "signum, default, said",
+    [(signal.SIGINT, signal.default_int_handler, "Ctrl-C"), (signal.SIGTERM, signal.SIG_DFL, "SIGTERM")],
+)
+def test_ctrl_c_or_sigterm_stops_the_job_whatever_the_runner_turns_it_into(signum, default, said):
+    """SIGTERM is a supervisor's Ctrl-C (systemd, docker stop): its default would end the
+    process without its exit handlers, leaving Flink's job server running."""
     from pipeline.main import _wait_unless_interrupted
 
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # earlier tests may set one
+    before = signal.signal(signum, default)  # earlier tests may set one
     try:
-        job, status = InterruptedAsAClosedCall(), QuietStatus()
-        with pytest.raises(SystemExit, match=r"stopped \(Ctrl-C\)"):
+        job, status = InterruptedAsAClosedCall(signum), QuietStatus()
+        with pytest.raises(SystemExit, match=rf"stopped \({said}\)"):
             _wait_unless_interrupted(job, status, committed_ms=lambda: 1_796_205_660_000)
         assert job.cancelled
         # The last status says so, with the checkpoint committed by then.
         assert status.published == [("CANCELLED", {"finished": True, "committed_ms": 1_796_205_660_000})]
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+        assert signal.getsignal(signum) is default  # put back
     finally:
-        signal.signal(signal.SIGINT, before)
+        signal.signal(signum, before)
 
 
 def test_ctrl_c_still_reaches_a_handler_beam_installed():
