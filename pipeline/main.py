@@ -22,6 +22,7 @@ from pipeline.rules.snapshot_format import figures_line
 from pipeline.rules.times import iso_utc
 from pipeline.runtime.engines import choose_engine, engine_errors, runner_name
 from pipeline.runtime.flink import apply_runner_defaults, runner_option_errors  # declares the Flink flags
+from pipeline.runtime.flink_metrics import live_figures
 from pipeline.runtime.options import LevelAnalyticsOptions, unknown_flags
 from pipeline.runtime.preflight import missing_resources
 from pipeline.runtime.run_status import STATUS_OBJECT, RunStatus
@@ -215,7 +216,12 @@ def run(argv=None):
     if problems:
         sys.exit("error: " + "; ".join(problems) + ".")
     resume_from = prepare_restart(options)
-    status = RunStatus(_status_writer(opts.snapshot_path, s3), runner_name(options), opts.update_secs)
+    status = RunStatus(
+        _status_writer(opts.snapshot_path, s3),
+        runner_name(options),
+        opts.update_secs,
+        other_totals=live_figures(options),  # Flink's REST API, before the job server starts
+    )
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, options, resume_from=resume_from)
     # A bounded replay shows on stderr what it has read as it goes (pipeline.sources.files).
@@ -283,6 +289,7 @@ def _stop_quietly(result, status: RunStatus, committed_ms):
     it may be gone already: the SDK's threads then fail on their connections, which is
     the expected end here, not news for the terminal."""
     threading.excepthook = lambda args: None
+    logging.getLogger("apache_beam.runners.worker").setLevel(logging.CRITICAL)  # their logged errors too
     status.stop()
     for step in (
         result.cancel,

@@ -352,14 +352,18 @@ def descendants(pid: int) -> dict:
     return found
 
 
-def test_sigterm_stops_a_flink_run_and_the_job_server_it_started(moto_endpoint, tmp_path):
-    """A supervisor's SIGTERM (systemd, docker stop, Kubernetes) stops pipeline.main as
-    Ctrl-C does: the job cancelled, the last status written, and the job server Beam
-    started for it, a JVM, stopped with it. (SIGTERM's default ended the Python process
-    alone, and the JVM was left running.)"""
+def test_a_flink_run_shows_its_figures_while_it_runs_and_stops_on_sigterm(moto_endpoint, tmp_path):
+    """pipeline.main on an embedded Flink, as `make run-flink` starts it:
+
+    * while it runs, its status has the pipeline's figures (records read, writes), read
+      from Flink's REST API (the job server reports Beam's metrics only at the end);
+    * a supervisor's SIGTERM (systemd, docker stop, Kubernetes) stops it as Ctrl-C does:
+      the job cancelled, the last status written, and the job server Beam started for it,
+      a JVM, stopped with it (SIGTERM's default ended the Python process alone, and the
+      JVM was left running)."""
     name = "flink-sigterm"
     new_stream(moto_endpoint, name, seed=41)
-    out = tmp_path / "out"
+    out, log = tmp_path / "out", tmp_path / "stderr.log"
     process = subprocess.Popen(
         [
             sys.executable,
@@ -370,31 +374,40 @@ def test_sigterm_stops_a_flink_run_and_the_job_server_it_started(moto_endpoint, 
             "--aws_region=us-east-1",
             "--initial_position=TRIM_HORIZON",
             f"--snapshot_path={out}",
+            "--write_dynamodb",
+            "--create_tables",
+            f"--level_table={name}-levels",
+            f"--transitions_table={name}-transitions",
+            f"--progress_table={name}-progress",
             "--runner=FlinkRunner",
             "--flink_master=[local]",
             f"--flink_job_server_jar={JAR}",
-            "--parallelism=1",
+            "--parallelism=2",
         ],
         cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("w"),  # a file: a pipe nobody reads while the job runs could fill up
     )
+    job_server = {}
     try:
         deadline = time.monotonic() + OUTPUT_DEADLINE_SECS
         while not (out / "history" / "levels").is_dir():  # the job runs and has published
-            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert process.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "no window published"
             time.sleep(2)
         job_server = {pid: cmd for pid, cmd in descendants(process.pid).items() if "job-server" in cmd}
         assert job_server, "no job server under the run"
+        while True:  # the status refreshes every --update_secs
+            status = json.loads((out / "pipeline_status.json").read_text())
+            if status["state"] == "RUNNING" and status["records_read"] and status["dynamodb_writes"]:
+                break
+            assert time.monotonic() < deadline, f"no figures while the job runs: {status}"
+            time.sleep(1)
+        assert status["dead_letters"] and status["watermark"]
 
         process.send_signal(signal.SIGTERM)
-        _, stderr = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    try:
+        process.wait(timeout=120)
+        stderr = log.read_text()
         assert "stopped (SIGTERM)" in stderr, stderr[-3000:]
         assert json.loads((out / "pipeline_status.json").read_text())["state"] == "CANCELLED"
         deadline = time.monotonic() + 30
@@ -402,6 +415,8 @@ def test_sigterm_stops_a_flink_run_and_the_job_server_it_started(moto_endpoint, 
             assert time.monotonic() < deadline, f"the job server outlived the run: {job_server}"
             time.sleep(1)
     finally:
+        if process.poll() is None:
+            process.kill()
         for pid in job_server:  # not left behind for the next tests, whatever happened
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

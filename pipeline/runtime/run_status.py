@@ -20,8 +20,9 @@ behind now.
 --update_secs grid, so up to that much behind the watermark): now minus it is the lag
 of the counts.
 While the runner reports none of the pipeline's metrics (Flink's 2.62 job server reports
-them only when a job ends; any runner before its first bundle), the figures made from
-them are null, "not reported", never 0.
+them only when a job ends; any runner before its first bundle), they are read from
+`other_totals` when given (on Flink, Flink's own REST API: pipeline.runtime.flink_metrics);
+failing that, the figures made from them are null, "not reported", never 0.
 """
 
 import json
@@ -163,8 +164,9 @@ class RunStatus:
     """Publishes the status of one pipeline run: every `interval_secs` while it runs
     (from a thread), and once more when it ends. `write` takes the status bytes."""
 
-    def __init__(self, write, engine: str, interval_secs: float, clock=time.time):
+    def __init__(self, write, engine: str, interval_secs: float, clock=time.time, other_totals=None):
         self._write = write
+        self._other_totals = other_totals  # () -> totals, when the runner reports none
         self._engine = engine
         self._interval_secs = interval_secs
         self._clock = clock
@@ -180,7 +182,7 @@ class RunStatus:
     def publish(self, pipeline_result, state: str, finished: bool = False, committed_ms=None) -> dict:
         now_ms = self._now_ms()
         try:
-            totals = metric_totals(pipeline_result)
+            totals = metric_totals(pipeline_result) or self._totals_elsewhere()
         except Exception:
             if not finished:
                 raise
@@ -203,6 +205,14 @@ class RunStatus:
         self._previous = Sample(now_ms, status["records_read"], latest_arrival)
         self._write(status_bytes(status))
         return status
+
+    def _totals_elsewhere(self) -> dict:
+        if self._other_totals is None:
+            return {}
+        try:
+            return self._other_totals()
+        except Exception:  # noqa: BLE001 - not there yet (a job starting) or gone: not reported
+            return {}
 
     def follow(self, pipeline_result, on_error) -> None:
         """Publish every interval from a daemon thread until `stop()`."""

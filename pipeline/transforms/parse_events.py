@@ -4,6 +4,7 @@ import time
 
 import apache_beam as beam
 from apache_beam import pvalue
+from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.transforms.window import TimestampedValue
 
 from pipeline.rules.observations import (
@@ -22,8 +23,12 @@ from pipeline.runtime.timestamps import ms_to_timestamp
 class _ParseLineFn(beam.DoFn):
     """Thin: the rules are in `pipeline.rules.observations.parse_enriched_line`."""
 
-    def __init__(self, event_time_field: str):
+    def __init__(self, event_time_field: str, count_per_bundle: bool = False):
         self._event_time_field = event_time_field
+        # Bounded input: counted per bundle (an inc() costs about a microsecond, and there
+        # were two per line); a stream: per line, so the live status sees every record
+        # read at once (a reader's bundle on Prism can outlast a status refresh).
+        self._count_per_bundle = count_per_bundle
         self._lines = metrics.counter("lines_read")
         self._without_context = metrics.counter("lines_without_level_context")
         self._observations = metrics.counter("observations")
@@ -33,19 +38,25 @@ class _ParseLineFn(beam.DoFn):
         tune_sdk_worker()
 
     def start_bundle(self):
-        # Added up here and given to Beam's counters once per bundle: an inc() costs
-        # about a microsecond, and there were two per line.
         self._counts = {"lines": 0, "without_context": 0, "observations": 0}
 
     def finish_bundle(self):
+        self._add_counts()
+
+    def _add_counts(self):
         counted = self._counts
-        for counter, n in (
-            (self._lines, counted["lines"]),
-            (self._without_context, counted["without_context"]),
-            (self._observations, counted["observations"]),
+        for counter, name in (
+            (self._lines, "lines"),
+            (self._without_context, "without_context"),
+            (self._observations, "observations"),
         ):
-            if n:
-                counter.inc(n)
+            if counted[name]:
+                counter.inc(counted[name])
+                counted[name] = 0
+
+    def _line_done(self):
+        if not self._count_per_bundle:
+            self._add_counts()
 
     # No DoFn parameters besides the element: Beam then calls process() the fast way.
     def process(self, record: EnrichedRecord):
@@ -65,10 +76,12 @@ class _ParseLineFn(beam.DoFn):
                 ParseEnrichedEvents.DEAD_LETTERS,
                 dead_letter(bad.reason, bad.detail, record.position, record.data, time_ms),
             )
+            self._line_done()
             return
         if not observations:
             counted["without_context"] += 1
         counted["observations"] += len(observations)
+        self._line_done()
         for observation in observations:
             yield TimestampedValue(observation, ms_to_timestamp(observation.event_time_ms))
 
@@ -91,6 +104,8 @@ class ParseEnrichedEvents(beam.PTransform):
         self._event_time_field = event_time_field
 
     def expand(self, records):
-        return records | "ParseLines" >> beam.ParDo(_ParseLineFn(self._event_time_field)).with_outputs(
+        streaming = records.pipeline.options.view_as(StandardOptions).streaming
+        parse = _ParseLineFn(self._event_time_field, count_per_bundle=records.is_bounded and not streaming)
+        return records | "ParseLines" >> beam.ParDo(parse).with_outputs(
             self.DEAD_LETTERS, main=self.OBSERVATIONS
         )
