@@ -15,6 +15,7 @@ by pointing the job server at a Flink configuration directory of our own
 import atexit
 import json
 import os
+import random
 import shutil
 import socket
 import tempfile
@@ -91,15 +92,30 @@ def embedded_rest_url() -> str | None:
     FLINK_CONF_DIR is set already: the user's configuration decides."""
     if os.environ.get("FLINK_CONF_DIR"):
         return None
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port_below_ephemeral()
+    if port is None:
+        return None
     conf_dir = tempfile.mkdtemp(prefix="level-analytics-flink-conf-")
     atexit.register(shutil.rmtree, conf_dir, True)
     with open(os.path.join(conf_dir, "flink-conf.yaml"), "w", encoding="utf-8") as handle:
         handle.write(f"rest.port: {port}\n")
     os.environ["FLINK_CONF_DIR"] = conf_dir  # inherited by the job server Beam starts
     return f"http://127.0.0.1:{port}"
+
+
+def _free_port_below_ephemeral(tries: int = 50) -> int | None:
+    """A free loopback port under Linux's ephemeral range (32768-60999): Flink binds it
+    seconds later, and the free ports other programs ask the system for (bind to 0) come
+    from that range, so none of them takes it meanwhile."""
+    for _ in range(tries):
+        port = random.randrange(20_000, 32_000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return None
 
 
 def live_figures(options: PipelineOptions):
