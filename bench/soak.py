@@ -44,6 +44,7 @@ from pipeline.rules.catalogue import campaign_levels
 from pipeline.rules.times import parse_iso_ms
 from pipeline.testing.aws_server import DUMMY_CREDENTIALS
 from pipeline.testing.chaos import FaultRun, moto_process
+from pipeline.testing.processes import command_line, descendants
 
 SAMPLE_SECS = 10
 WARMUP_SECS = 15 * 60  # players already playing when the soak starts
@@ -167,34 +168,6 @@ def dead_letter_differences(run, malformed_lines) -> list:
 
 
 # --- Processes ------------------------------------------------------------------------------
-
-
-def children(pid: int) -> list:
-    found = []
-    try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as handle:
-                found += [int(c) for c in handle.read().split()]
-    except OSError:
-        pass
-    return found
-
-
-def descendants(pid: int) -> list:
-    found, todo = [], children(pid)
-    while todo:
-        child = todo.pop()
-        found.append(child)
-        todo += children(child)
-    return found
-
-
-def command_line(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return handle.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def rss_and_cpu(pid: int) -> tuple:

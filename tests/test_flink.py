@@ -50,6 +50,7 @@ from pipeline.runtime.options import LevelAnalyticsOptions
 from pipeline.sources.kinesis import ReadKinesisRecords
 from pipeline.testing.aws_server import free_port, make_stream
 from pipeline.testing.outputs import assert_history_equals_model, read_history
+from pipeline.testing.processes import command_line, descendants
 from pipeline.testing.reference_model import (
     model_transition_totals,
     model_transitions,
@@ -330,28 +331,6 @@ def test_a_quiet_stream_keeps_flink_publishing_windows_with_the_clock(
     print(f"a window 30 s after the last record was published {took:.1f} s after the job started")
 
 
-def descendants(pid: int) -> dict:
-    """{pid: command} of every process under `pid`."""
-    parents, commands = {}, {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    parents[int(entry)] = int(handle.read().rsplit(")", 1)[1].split()[1])
-                with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    commands[int(entry)] = handle.read().replace(b"\0", b" ").decode(errors="replace")
-            except (OSError, IndexError, ValueError):
-                pass
-    found, frontier = {}, [pid]
-    while frontier:
-        parent = frontier.pop()
-        for child, its_parent in parents.items():
-            if its_parent == parent and child not in found:
-                found[child] = commands.get(child, "")
-                frontier.append(child)
-    return found
-
-
 def test_a_flink_run_shows_its_figures_while_it_runs_and_stops_on_sigterm(moto_endpoint, tmp_path):
     """pipeline.main on an embedded Flink, as `make run-flink` starts it:
 
@@ -388,14 +367,14 @@ def test_a_flink_run_shows_its_figures_while_it_runs_and_stops_on_sigterm(moto_e
         stdout=subprocess.DEVNULL,
         stderr=log.open("w"),  # a file: a pipe nobody reads while the job runs could fill up
     )
-    job_server = {}
+    job_server = set()
     try:
         deadline = time.monotonic() + OUTPUT_DEADLINE_SECS
         while not (out / "history" / "levels").is_dir():  # the job runs and has published
             assert process.poll() is None, log.read_text()[-3000:]
             assert time.monotonic() < deadline, "no window published"
             time.sleep(2)
-        job_server = {pid: cmd for pid, cmd in descendants(process.pid).items() if "job-server" in cmd}
+        job_server = {pid for pid in descendants(process.pid) if "job-server" in command_line(pid)}
         assert job_server, "no job server under the run"
         while True:  # the status refreshes every --update_secs
             status = json.loads((out / "pipeline_status.json").read_text())

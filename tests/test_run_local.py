@@ -24,6 +24,7 @@ from pipeline.rules.observations import Observation
 from pipeline.rules.times import parse_iso_ms
 from pipeline.testing.aws_server import REGION
 from pipeline.testing.outputs import assert_history_equals_model, read_dead_letters, read_history
+from pipeline.testing.processes import descendants, is_alive
 from pipeline.testing.reference_model import model_transition_totals
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,28 +45,6 @@ def run_local_command(*extra):
         "--dashboard_port=0",
         *extra,
     ]
-
-
-def descendants(pid: int) -> set:
-    children = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    parent = int(handle.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if parent == pid:
-                children.add(int(entry))
-    return children | {grandchild for child in children for grandchild in descendants(child)}
-
-
-def is_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.slow
