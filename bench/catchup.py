@@ -15,8 +15,6 @@ import time
 
 from bench import checks
 from bench.common import ProcessWatch, child_result, start_child
-from bench.experiments import flags as experiment_flags
-from bench.experiments import patches as experiment_patches
 from bench.streams import OUT_OF_ORDERNESS_MS, UPDATE_MS, engine_flags, line_time_ms, plain_read, seed_of
 from pipeline.apps.producer import put_records
 from pipeline.apps.simulator import SimulationSettings, simulate
@@ -59,10 +57,9 @@ def catch_up(
         f"--progress_table={tables[2]}",
         *engine_flags(engine),
         *extra_flags,
-        *experiment_flags(experiments),
     ]
     child = start_child(
-        "main", {"argv": argv, "probes": True, "stages": True, "experiments": experiment_patches(experiments)}
+        "main", {"argv": argv, "probes": True, "stages": True, "experiments": list(experiments)}
     )
     memory = ProcessWatch({"pipeline": child.pid, "moto": moto.process.pid})
     memory.start()

@@ -2,45 +2,22 @@
 a bench child's process only (bench.child's "experiments"), so its effect is measured
 beside the unchanged pipeline in the same bench run. None of them is in the product.
 
-- pipeline_state_commits: Beam's SDK harness waits, at the end of each bundle, for
-  every state cell's writes one cell after another; this sends them all, then waits.
-- flink_state_cache: turn on the SDK harness's state cache (--max_cache_memory_usage_mb,
-  off by default in Beam): Flink gives cache tokens, so state read once stays cached.
+- gil_switch_1ms, gil_switch_0_2ms: the interpreter hands the GIL over every 1 ms or
+  0.2 ms instead of 5 ms. A catch-up's per-player step spends most of its time waiting
+  for state answers (Beam logs gets of 10-30 ms each under load); an answer read by the
+  harness's gRPC thread may wait for a busy DoFn thread to let go of the GIL.
+  Measured (`python -m bench.run --only experiments --experiments`, 2026-12-04 22:10,
+  bench/results/20261204T221027Z-default.json; 15,236 events, every run exact): Prism
+  2,017 events/s at 5 ms, 1,824 at 1 ms, 1,615 at 0.2 ms; Flink p2 1,942 and 1,905.
+  Less time is spent waiting on state (77% -> 70% -> 60%), more CPU per event (0.7 ->
+  0.8 -> 0.9 ms), and the whole is slower: the wait is not the GIL's. Not adopted.
+
+(Two earlier ones are in the product now: a bundle's state writes sent before waiting
+for any, pipeline.runtime.beam_patches 4., and the SDK harness's state cache on Flink.)
 """
 
 
-def pipeline_state_commits():
-    """Experiment: at the end of a bundle, send every state cell's writes first and then
-    wait for all of them, instead of waiting for each cell's before sending the next
-    (Beam's FnApiUserStateContext.commit). The order of requests per cell is unchanged
-    (one stream, in order); only the waiting moves to the end."""
-    from apache_beam.runners.worker import bundle_processor
-
-    def commit(self):
-        waits = []
-        for state in self._all_states.values():
-            bag = getattr(state, "_underlying_bag_state", state)
-            if type(bag) is not bundle_processor.SynchronousBagRuntimeState:
-                state.commit()
-                continue
-            future = None
-            if bag._cleared:
-                future = bag._state_handler.clear(bag._state_key)
-            if bag._added_elements:
-                future = bag._state_handler.extend(
-                    bag._state_key, bag._value_coder.get_impl(), bag._added_elements
-                )
-            if future is not None:
-                waits.append(future)
-        for future in waits:
-            future.get()
-
-    bundle_processor.FnApiUserStateContext.commit = commit
-
-
 def gil_switch_1ms():
-    """The interpreter hands the GIL over every 1 ms instead of 5 ms, so the harness's
-    state, data and control threads are not kept waiting behind a busy DoFn thread."""
     import sys
 
     sys.setswitchinterval(0.001)
@@ -55,20 +32,7 @@ def gil_switch_0_2ms():
 EXPERIMENTS = {
     "gil_switch_1ms": gil_switch_1ms,
     "gil_switch_0_2ms": gil_switch_0_2ms,
-    "pipeline_state_commits": pipeline_state_commits,
 }
-
-
-# Experiments that are pipeline flags rather than patches.
-FLAGS = {"flink_state_cache": ["--max_cache_memory_usage_mb=256"]}
-
-
-def flags(names) -> list:
-    return [flag for name in names for flag in FLAGS.get(name, [])]
-
-
-def patches(names) -> list:
-    return [name for name in names if name not in FLAGS]
 
 
 def apply(name: str):

@@ -92,10 +92,10 @@ MODES = {
 }
 EXPERIMENT_SETS = [
     ("prism", []),
-    ("prism", ["pipeline_state_commits"]),
+    ("prism", ["gil_switch_1ms"]),
+    ("prism", ["gil_switch_0_2ms"]),
     ("flink-p2", []),
-    ("flink-p2", ["flink_state_cache"]),
-    ("flink-p2", ["flink_state_cache", "pipeline_state_commits"]),
+    ("flink-p2", ["gil_switch_1ms"]),
 ]
 
 
