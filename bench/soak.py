@@ -10,7 +10,7 @@ What runs, each in its own process so each is measured alone:
   the contract's defaults: 300 s timeout, 60 s windows, 5 s updates, 10 s out-of-order),
   and the Prism binary it starts;
 * this process: the simulator's players (pipeline.apps.simulator's own player model),
-  arriving steadily at --rate events per second in all (players of a 15-minute warm-up
+  arriving steadily at --rate events per second in all (players of an hour's warm-up
   are already playing when the soak starts, so the load is flat from the first minute),
   each line put to the stream when its arrival time comes.
 
@@ -47,8 +47,13 @@ from pipeline.testing.chaos import FaultRun, moto_process
 from pipeline.testing.processes import command_line, descendants
 
 SAMPLE_SECS = 10
-WARMUP_SECS = 15 * 60  # players already playing when the soak starts
-LINES_PER_PLAYER = 49  # lines per player, as sent over a run (measured: 59 in a whole session)
+# Players already playing when the soak starts: the whole sessions of players who arrived
+# this long before it. Measured of 2,000 simulated sessions: p90 28 min, p99 59 min, max
+# 103 min, so from the first minute the rate is within about 1% of what it settles at.
+# (It was 15 minutes, with lines per player measured over a 5-minute run: the 30-minute
+# soak of 2026-12-04 asked for 1,000 events/s and sent 1,000 rising to 1,230.)
+WARMUP_SECS = 60 * 60
+PROFILE_SESSIONS = 2000
 LOOKAHEAD_MS = 30_000
 SIM_OUT_OF_ORDERNESS_SECS = 8.0  # under the pipeline's 10 s: putting adds a little
 GROWTH_TARGET = 0.05
@@ -76,23 +81,52 @@ class _MarkingEmitter(_Emitter):
         return line
 
 
+def feed_settings(seed: int) -> SimulationSettings:
+    return SimulationSettings(
+        seed=seed, mean_event_gap_secs=4.0, max_out_of_orderness_secs=SIM_OUT_OF_ORDERNESS_SECS
+    )
+
+
+def session_profile(sessions: int = PROFILE_SESSIONS, seed: int = 7) -> tuple:
+    """(lines a player sends over a whole session, seconds it takes to simulate one), the
+    mean of `sessions` sessions played to their end: the feed's arrival rate is the events/s
+    asked for divided by the first; the second says how long the warm-up takes to make."""
+    settings = feed_settings(seed)
+    emitter = _Emitter(random.Random(seed), settings)
+    levels = campaign_levels()
+    started = time.perf_counter()
+    lines = 0
+    for number in range(sessions):
+        _play(emitter, f"profile-{number}", levels, 0, 2**62)
+        lines += len(emitter.timed_lines)
+        emitter.timed_lines.clear()
+    return lines / sessions, (time.perf_counter() - started) / sessions
+
+
 class SteadyFeed:
-    """Players arriving as a Poisson process (rate / LINES_PER_PLAYER a second) from
+    """Players arriving as a Poisson process (rate / lines_per_player a second) from
     WARMUP_SECS before `start_ms` to `end_ms`, each playing as the simulator's players do;
     lines dated before `start_ms` are not sent. Lines are generated LOOKAHEAD_MS ahead and
     put to the stream when their arrival comes (every 200 ms)."""
 
-    def __init__(self, client, stream_name: str, rate: float, start_ms: int, end_ms: int, seed: int = 51):
+    def __init__(
+        self,
+        client,
+        stream_name: str,
+        rate: float,
+        start_ms: int,
+        end_ms: int,
+        lines_per_player: float,
+        seed: int = 51,
+    ):
         self.client = client
         self.stream_name = stream_name
         self.start_ms, self.end_ms = start_ms, end_ms
-        self.settings = SimulationSettings(
-            seed=seed, mean_event_gap_secs=4.0, max_out_of_orderness_secs=SIM_OUT_OF_ORDERNESS_SECS
-        )
+        self.settings = feed_settings(seed)
         self.rng = random.Random(seed)
         self.emitter = _MarkingEmitter(self.rng, self.settings)
         self.levels = campaign_levels()
-        self.players_per_ms = rate / LINES_PER_PLAYER / 1000
+        self.players_per_ms = rate / lines_per_player / 1000
         self.next_player_ms = start_ms - WARMUP_SECS * 1000
         self.players = 0
         self.pending = []  # heap of (arrival ms, seq, line, observations)
@@ -384,9 +418,11 @@ def main(argv=None):
     with moto_process(os.path.join(args.workdir, f"{label}-moto.log")) as (endpoint, moto):
         run = FaultRun(endpoint, endpoint, label, args.workdir)
         run.create()
-        start_ms = int(time.time() * 1000) + 15_000
+        lines_per_player, play_secs = session_profile()
+        warmup_players = args.rate / lines_per_player * WARMUP_SECS
+        start_ms = int(time.time() * 1000) + 15_000 + int(2 * warmup_players * play_secs * 1000)
         end_ms = start_ms + int(args.minutes * 60_000)
-        feed = SteadyFeed(run.client("kinesis"), label, args.rate, start_ms, end_ms)
+        feed = SteadyFeed(run.client("kinesis"), label, args.rate, start_ms, end_ms, lines_per_player)
         feed._generate_until(start_ms)  # the warm-up's players, before anything is timed
         run.start("--stop_when_idle_secs=10")
         pipeline_pid = run.process.pid
@@ -415,6 +451,8 @@ def main(argv=None):
     result = {
         "minutes": args.minutes,
         "events_per_sec": feed.sent / (args.minutes * 60),
+        "rate_asked": args.rate,
+        "lines_per_player": lines_per_player,
         "sent": feed.sent,
         "bytes_sent": feed.bytes_sent,
         "players": feed.players,
