@@ -424,6 +424,15 @@ def main(argv=None):
         end_ms = start_ms + int(args.minutes * 60_000)
         feed = SteadyFeed(run.client("kinesis"), label, args.rate, start_ms, end_ms, lines_per_player)
         feed._generate_until(start_ms)  # the warm-up's players, before anything is timed
+        sender = threading.Thread(target=feed.run, daemon=True)
+        while time.time() * 1000 < start_ms:
+            time.sleep(0.1)
+        sender.start()
+        # The pipeline starts once the stream has records (it reads from the stream's
+        # start, so it misses none): with --stop_when_idle_secs=10 a pipeline started
+        # before the first record once found the stream silent 10 s and stopped.
+        while feed.sent == 0 and sender.is_alive():
+            time.sleep(0.05)
         run.start("--stop_when_idle_secs=10")
         pipeline_pid = run.process.pid
         pids = {
@@ -431,12 +440,8 @@ def main(argv=None):
             "prism": lambda: [p for p in descendants(pipeline_pid) if "prism" in command_line(p)],
             "moto": lambda: [moto.pid],
         }
-        sender = threading.Thread(target=feed.run, daemon=True)
         try:
             with Sampler(pids, run, feed, start_ms) as sampler:
-                while time.time() * 1000 < start_ms:
-                    time.sleep(0.1)
-                sender.start()
                 sender.join()
                 if feed.error is not None:
                     raise feed.error
