@@ -251,3 +251,45 @@ def test_the_global_window_is_built_once_and_is_the_same_window(monkeypatch):
     assert all(w is windows[0] and w == window.GlobalWindow() for w in windows)
     assert windows[0].end == end == window.GlobalWindow._getTimestampFromProto()
     assert windows[0].max_timestamp() < end
+
+
+def _commit(cells) -> None:
+    """A bundle's end: its cells committed as the patched FnApiUserStateContext does."""
+    context = bundle_processor.FnApiUserStateContext.__new__(bundle_processor.FnApiUserStateContext)
+    context._all_states = dict(enumerate(cells))
+    context.commit()
+
+
+def test_a_player_who_left_leaves_the_state_cache_and_one_who_returns_reads_the_runner():
+    assert beam_patches.cache_state_on_prism() is True
+    assert beam_patches.commit_state_in_one_round() is True
+    runner = _RunnerState()
+    cache = statecache.StateCache(64 << 20)
+    handler = sdk_worker.GlobalCachingStateHandler(cache, runner)
+    alice, bob = _player_state_key(b"alice"), _player_state_key(b"bob")
+
+    def cell(state_key):
+        bag = bundle_processor.SynchronousBagRuntimeState(handler, state_key, coders.PickleCoder())
+        return bundle_processor.ReadModifyWriteRuntimeState(bag)
+
+    with handler.process_instruction_id("1", []):
+        alice_state, bob_state = cell(alice), cell(bob)
+        assert alice_state.read() is None and bob_state.read() is None
+        alice_state.write("level-1")
+        bob_state.write("level-2")
+        _commit([alice_state, bob_state])
+    assert cache.size() == 2 and runner.reads == 2
+
+    with handler.process_instruction_id("2", []):
+        alice_state, bob_state = cell(alice), cell(bob)
+        assert alice_state.read() == "level-1" and bob_state.read() == "level-2"  # from the cache
+        alice_state.clear()  # alice timed out: nothing of her stays
+        bob_state.write("level-3")
+        _commit([alice_state, bob_state])
+    assert cache.size() == 1  # bob's value only: alice's empty cell is not kept
+    assert runner.reads == 2
+
+    with handler.process_instruction_id("3", []):
+        assert cell(alice).read() is None  # she comes back: the runner has nothing of her
+        assert cell(bob).read() == "level-3"
+    assert runner.reads == 3  # one read, hers
