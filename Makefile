@@ -66,7 +66,7 @@ bench: install flink-jar ## benchmarks, each figure beside its comparison (~30 m
 bench-throughput: install ## only the throughput figures: engines for a backfill, coalesced writes, the ledger at 50k pairs
 	PRISM_LOCATION=$(PRISM) $(PY) -m bench.backfill
 
-soak: install ## 30 minutes at 1,000 events/s on Prism: memory, freshness, outputs checked (PNG + JSON in bench/results/)
+soak: install ## 30 minutes at 1,000 events/s on Prism: memory, freshness, outputs checked (JSON in bench/results/, PNG in out/soak/)
 	PRISM_LOCATION=$(PRISM) $(PY) -m bench.soak --minutes 30 --rate 1000
 
 soak-short: install ## the 5-minute soak
