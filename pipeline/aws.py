@@ -19,6 +19,7 @@ polls its other shards meanwhile) keeps a RetrySchedule instead: the same backof
 the same bound, per key, with the caller choosing when to try again.
 """
 
+import collections
 import logging
 import os
 import random
@@ -63,7 +64,26 @@ MAX_DELAY_SECS = 10.0
 
 
 class AwsCallFailed(RuntimeError):
-    """An AWS call that failed for good: not retryable, or still failing after RETRY_FOR_SECS."""
+    """An AWS call that failed for good: not retryable, or still failing after RETRY_FOR_SECS.
+
+    Each one is noted where it is made (gave_up_since): a local run's workers share their
+    process with pipeline.main, which ends a run its engine left running after one."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        _give_ups.append((time.monotonic(), threading.current_thread().name, message))
+
+
+_give_ups = collections.deque(maxlen=16)  # (time.monotonic(), thread name, message), latest last
+
+
+def gave_up_since(since: float, not_on_threads=()) -> str | None:
+    """The message of the latest AwsCallFailed made in this process at or after `since`
+    (a time.monotonic()) on a thread not named in `not_on_threads`, else None."""
+    for made, thread, message in reversed(list(_give_ups)):
+        if made >= since and thread not in not_on_threads:
+            return message
+    return None
 
 
 class IncompleteReply(ConnectionError):

@@ -4,6 +4,7 @@ python -m pipeline.main --input 'events/*.tsv' --snapshot_path out/
 """
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -15,6 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, S3Options, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
+from pipeline import aws
 from pipeline.aws import ClientFactory
 from pipeline.rules.ledger import Checkpoint
 from pipeline.rules.positions import LATEST, TRIM_HORIZON, parse_initial_position, pinned, restart_position
@@ -226,11 +228,17 @@ def run(argv=None):
     build_pipeline(pipeline, options, resume_from=resume_from)
     # A bounded replay shows on stderr what it has read as it goes (pipeline.sources.files).
     progress = ReadProgress(opts.input).start() if opts.input and not opts.stream_name else None
+    started = time.monotonic()
     result = pipeline.run()
     # A stream runs until cancelled: its figures are published while it runs.
     status.follow(result, on_error=lambda error: _LOG.warning("pipeline status not published: %s", error))
     try:
-        state = _wait_unless_interrupted(result, status, committed_ms=lambda: _committed_ms(opts))
+        state = _wait_unless_interrupted(
+            result,
+            status,
+            committed_ms=lambda: _committed_ms(opts),
+            give_ups_since=started if runner_name(options) == "PrismRunner" else None,
+        )
     finally:
         status.stop()
         if progress is not None:
@@ -252,12 +260,21 @@ def run(argv=None):
 STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}
 
 
-def _wait_unless_interrupted(result, status: RunStatus, committed_ms):
+# A step that gives up (AwsCallFailed) fails the job; once in about 25 CI runs on Prism the
+# job stayed RUNNING after one instead, with nothing left to end it. Prism's workers run in
+# this process (LOOPBACK), so the give-up is seen here (`give_ups_since`): a job still
+# running this long after one is stopped as SIGTERM stops it, saying why. Not on Flink:
+# its restart strategy may retry the job, as configured.
+GIVE_UP_GRACE_SECS = 30.0
+
+
+def _wait_unless_interrupted(result, status: RunStatus, committed_ms, give_ups_since: float | None = None):
     """The job's end state; on Ctrl-C or SIGTERM, cancel the job and exit (Beam's exit
     handlers then stop the engine it started). gRPC may turn the interrupt into a
     cancelled or closed call (seen on Flink), so the signal itself, not the exception's
-    type, says the run was stopped."""
-    received = []
+    type, says the run was stopped. With `give_ups_since` (a time.monotonic()), a job
+    still running GIVE_UP_GRACE_SECS after a step gave up is stopped too."""
+    received, stuck, ended = [], [], threading.Event()
     # Signals are set on the main thread only; an ignored signal stays ignored.
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
@@ -271,17 +288,42 @@ def _wait_unless_interrupted(result, status: RunStatus, committed_ms):
 
     for signum in watched:
         signal.signal(signum, note_then_interrupt)
+    if give_ups_since is not None and signal.SIGTERM in watched:
+        watch = threading.Thread(
+            target=_stop_if_running_after_a_give_up, args=(give_ups_since, ended, stuck), daemon=True
+        )
+        watch.start()
     try:
         return result.wait_until_finish()
     except BaseException as error:
         if not (isinstance(error, KeyboardInterrupt) or received):
             raise
         _stop_quietly(result, status, committed_ms)
+        if stuck:
+            sys.exit(
+                f"error: AwsCallFailed: {stuck[0]}\nThe engine had not ended the job "
+                f"{GIVE_UP_GRACE_SECS:g} s later: cancelled. A restart with the same flags resumes "
+                "from the last checkpoint."
+            )
         how = STOP_SIGNALS[received[0]] if received else STOP_SIGNALS[signal.SIGINT]
         sys.exit(f"stopped ({how}); a restart with the same flags resumes from the last checkpoint")
     finally:
+        ended.set()
         for signum in watched:
             signal.signal(signum, previous[signum])
+
+
+def _stop_if_running_after_a_give_up(since: float, ended: threading.Event, stuck: list) -> None:
+    while not ended.wait(1.0):
+        failure = aws.gave_up_since(
+            since, not_on_threads=(RunStatus.THREAD_NAME,)
+        )  # not the run's own status
+        if failure is None:
+            continue
+        if not ended.wait(GIVE_UP_GRACE_SECS):
+            stuck.append(failure)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return
 
 
 def _stop_quietly(result, status: RunStatus, committed_ms):

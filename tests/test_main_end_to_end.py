@@ -6,15 +6,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
+from apache_beam.runners.runner import PipelineState
 
 from pipeline.apps.simulator import SimulationSettings, simulate, write_lines
+from pipeline.aws import AwsCallFailed
 from pipeline.main import parse_options, run, s3_client_factory
 from pipeline.rules.observations import BadLine, DeadLetter, line_event_time_ms, parse_enriched_line
 from pipeline.rules.times import iso_utc, window_start
-from pipeline.runtime.run_status import STATUS_OBJECT
+from pipeline.runtime.run_status import STATUS_OBJECT, RunStatus
 from pipeline.testing.outputs import assert_history_equals_model, read_history
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -259,6 +262,82 @@ def test_ctrl_c_still_reaches_a_handler_beam_installed():
     finally:
         signal.signal(signal.SIGINT, before)
     assert called == [signal.SIGINT] and job.cancelled
+
+
+class LeftRunningAfterAGiveUp:
+    """A job one of whose steps gave up (AwsCallFailed, made by a worker in this process,
+    as on Prism) and that then keeps running, or ends `after_secs` later by itself."""
+
+    def __init__(self, after_secs=10.0):
+        self.cancelled = False
+        self._after_secs = after_secs
+
+    def wait_until_finish(self):
+        AwsCallFailed("UpdateItem on level-state failed (still failing after 15 s and 9 attempts)")
+        time.sleep(self._after_secs)
+        return PipelineState.DONE
+
+    def cancel(self):
+        self.cancelled = True
+
+
+@pytest.fixture
+def quick_give_up_watch(monkeypatch):
+    import pipeline.main
+
+    monkeypatch.setattr(pipeline.main, "GIVE_UP_GRACE_SECS", 0.5)
+    signalled = []
+    before = signal.signal(signal.SIGTERM, lambda signum, frame: signalled.append(signum))
+    yield signalled
+    signal.signal(signal.SIGTERM, before)
+
+
+def test_a_job_left_running_after_a_step_gave_up_is_stopped_and_says_why(quick_give_up_watch):
+    """Seen once in about 25 CI runs on Prism: a step gave up and the job stayed RUNNING."""
+    from pipeline.main import _wait_unless_interrupted
+
+    job, status = LeftRunningAfterAGiveUp(), QuietStatus()
+    with pytest.raises(
+        SystemExit, match=r"AwsCallFailed: UpdateItem on level-state failed .*cancelled"
+    ) as ended:
+        _wait_unless_interrupted(job, status, committed_ms=lambda: None, give_ups_since=time.monotonic())
+    assert "restart with the same flags" in str(ended.value)
+    assert job.cancelled and status.published[0][0] == "CANCELLED" and quick_give_up_watch == [signal.SIGTERM]
+
+
+def test_the_run_status_giving_up_does_not_stop_the_run(quick_give_up_watch):
+    """The status object is never worth stopping the run for (RunStatus.follow)."""
+    from pipeline.main import _wait_unless_interrupted
+
+    class StatusGaveUp(LeftRunningAfterAGiveUp):
+        def wait_until_finish(self):
+            made = threading.Thread(
+                target=AwsCallFailed, args=("writing the status failed",), name=RunStatus.THREAD_NAME
+            )
+            made.start()
+            made.join()
+            time.sleep(2.0)
+            return PipelineState.DONE
+
+    job = StatusGaveUp()
+    assert (
+        _wait_unless_interrupted(job, QuietStatus(), lambda: None, give_ups_since=time.monotonic())
+        == PipelineState.DONE
+    )
+    assert not job.cancelled and quick_give_up_watch == []
+
+
+@pytest.mark.parametrize("watched", [True, False], ids=["ends-within-the-grace", "not-watched-flink"])
+def test_a_job_that_ends_by_itself_after_a_give_up_is_left_alone(quick_give_up_watch, watched):
+    from pipeline.main import _wait_unless_interrupted
+
+    job = LeftRunningAfterAGiveUp(after_secs=0.2 if watched else 2.0)
+    since = time.monotonic() if watched else None
+    assert (
+        _wait_unless_interrupted(job, QuietStatus(), lambda: None, give_ups_since=since) == PipelineState.DONE
+    )
+    time.sleep(1.5)  # a watch left behind would signal now
+    assert not job.cancelled and quick_give_up_watch == []
 
 
 def test_a_failure_without_ctrl_c_is_raised():

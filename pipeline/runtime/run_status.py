@@ -164,6 +164,8 @@ class RunStatus:
     """Publishes the status of one pipeline run: every `interval_secs` while it runs
     (from a thread), and once more when it ends. `write` takes the status bytes."""
 
+    THREAD_NAME = "run-status"
+
     def __init__(self, write, engine: str, interval_secs: float, clock=time.time, other_totals=None):
         self._write = write
         self._other_totals = other_totals  # () -> totals, when the runner reports none
@@ -224,7 +226,7 @@ class RunStatus:
                 except Exception as error:  # noqa: BLE001 - a status is never worth stopping the run
                     on_error(error)
 
-        self._thread = threading.Thread(target=loop, name="run-status", daemon=True)
+        self._thread = threading.Thread(target=loop, name=self.THREAD_NAME, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
