@@ -165,6 +165,26 @@ def test_a_retry_schedule_backs_off_per_key_and_fails_after_the_bound():
     assert schedule.failed("shard-0", error, "again") <= 0.4  # a success starts over
 
 
+def test_clients_made_in_one_process_share_the_parsed_service_model():
+    """Every DoFn instance makes its client in setup(). Each boto3 session parsed the
+    service's model anew, about 9 MiB kept per client: the soak's pipeline grew by that
+    whenever Beam made new DoFn instances (traced with tracemalloc, 2026-12-05)."""
+    import tracemalloc
+
+    factory = aws.ClientFactory("dynamodb", "us-east-1", "http://127.0.0.1:1")
+    first = factory()
+    tracemalloc.start()
+    try:
+        second, third = factory(), factory()
+        per_client = tracemalloc.get_traced_memory()[0] / 2
+    finally:
+        tracemalloc.stop()
+    model = first.meta.service_model._service_description
+    assert second.meta.service_model._service_description is model
+    assert third.meta.service_model._service_description is model
+    assert per_client < 2 * 2**20  # 9 MiB each when every session parsed the model itself
+
+
 @pytest.mark.parametrize("value,expected", [("7.5", "7.5"), ("", "180.0"), ("soon", "not a number")])
 def test_the_bound_can_be_set_for_every_process(value, expected):
     done = subprocess.run(
