@@ -314,6 +314,7 @@ class ClientFactory:
 _SHARED_CLIENTS = {}
 _SHARED_LOCK = threading.Lock()
 _LOADERS = []
+_LOADER_LOCK = threading.Lock()  # not _SHARED_LOCK: shared() holds that while a client is made
 
 
 def _shared_loader():
@@ -321,7 +322,7 @@ def _shared_loader():
     it parsed, read-only after, so sessions on several threads can share it."""
     from botocore.loaders import create_loader
 
-    with _SHARED_LOCK:
+    with _LOADER_LOCK:
         if not _LOADERS:
             _LOADERS.append(create_loader())
         return _LOADERS[0]
