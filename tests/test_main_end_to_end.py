@@ -298,7 +298,7 @@ def test_a_job_left_running_after_a_step_gave_up_is_stopped_and_says_why(quick_g
 
     job, status = LeftRunningAfterAGiveUp(), QuietStatus()
     with pytest.raises(
-        SystemExit, match=r"AwsCallFailed: UpdateItem on level-state failed .*cancelled"
+        SystemExit, match=r"(?s)AwsCallFailed: UpdateItem on level-state failed .*cancelled"
     ) as ended:
         _wait_unless_interrupted(job, status, committed_ms=lambda: None, give_ups_since=time.monotonic())
     assert "restart with the same flags" in str(ended.value)
