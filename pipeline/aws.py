@@ -281,7 +281,7 @@ class ClientFactory:
         # A session of its own: boto3's default session is not thread-safe, and DoFns on
         # several threads may make their clients at the same moment. Its loader is the
         # process's one: each session would otherwise parse the service's model anew,
-        # about 8.7 MiB kept per DoFn instance Beam makes (traced in the soak's memory).
+        # about 9 MiB kept per DoFn instance Beam makes (traced in the soak's memory).
         session = botocore.session.Session()
         session.register_component("data_loader", _shared_loader())
         client = boto3.session.Session(botocore_session=session).client(

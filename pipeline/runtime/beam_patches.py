@@ -62,7 +62,8 @@
    weights pushed them out, about 4.8 million players and 1.7 GB later. The 30-minute
    soak at 1,000 events/s (2026-12-04, before this) saw the pipeline's memory grow 21 MiB
    over its last 20 minutes while about 20,000 players left (1.1 KB each; this explains
-   about a third, the rest is not traced). A cell cleared with nothing added after it is
+   about a third; most of the rest was botocore's service models, parsed anew for every
+   AWS client, fixed in pipeline/aws.py). A cell cleared with nothing added after it is
    now dropped from the cache once its clear is sent; the next read of that key (a player
    coming back) asks the runner, after the clear on the same stream, and finds it empty.
 """
