@@ -20,6 +20,7 @@ the same bound, per key, with the caller choosing when to try again.
 """
 
 import collections
+import functools
 import logging
 import os
 import random
@@ -313,16 +314,12 @@ class ClientFactory:
 
 _SHARED_CLIENTS = {}
 _SHARED_LOCK = threading.Lock()
-_LOADERS = []
-_LOADER_LOCK = threading.Lock()  # not _SHARED_LOCK: shared() holds that while a client is made
 
 
+@functools.cache
 def _shared_loader():
-    """botocore's loader of service models and endpoints, one per process: it caches what
-    it parsed, read-only after, so sessions on several threads can share it."""
+    """botocore's loader of service models and endpoints, one kept per process: it caches
+    what it parsed, read-only after, so sessions on several threads can share it."""
     from botocore.loaders import create_loader
 
-    with _LOADER_LOCK:
-        if not _LOADERS:
-            _LOADERS.append(create_loader())
-        return _LOADERS[0]
+    return create_loader()

@@ -289,10 +289,9 @@ def _wait_unless_interrupted(result, status: RunStatus, committed_ms, give_ups_s
     for signum in watched:
         signal.signal(signum, note_then_interrupt)
     if give_ups_since is not None and signal.SIGTERM in watched:
-        watch = threading.Thread(
+        threading.Thread(
             target=_stop_if_running_after_a_give_up, args=(give_ups_since, ended, stuck), daemon=True
-        )
-        watch.start()
+        ).start()
     try:
         return result.wait_until_finish()
     except BaseException as error:
