@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install prism toxiproxy test test-fast lint format run dashboard backfill bench bench-throughput soak soak-short chaos hostile flink-jar test-flink run-flink clean
+.PHONY: help install prism toxiproxy test test-fast lint format run dashboard backfill bench bench-throughput soak soak-short chaos fuzz hostile flink-jar test-flink run-flink clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -74,6 +74,10 @@ soak-short: install ## the 5-minute soak
 
 chaos: install toxiproxy ## network faults through Toxiproxy and AWS refusing, 60 s each, with a live feed; outputs checked
 	PRISM_LOCATION=$(PRISM) TOXIPROXY_SERVER=$(TOXIPROXY) $(PY) -m bench.chaos
+
+CASES ?= 12
+fuzz: install ## randomised runs on Prism (streams, flags, SIGKILLs nobody chose), each checked against the model; CASES=12, SEED=n repeats a campaign
+	PRISM_LOCATION=$(PRISM) $(PY) -m bench.fuzz --cases $(CASES) $(if $(SEED),--seed $(SEED))
 
 hostile: $(STAMP) ## hostile events: what each becomes, its cost per line and memory (the README table)
 	$(PY) -m bench.hostile
