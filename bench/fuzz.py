@@ -73,8 +73,9 @@ def draw_case(seed: int, index: int, live_share: float) -> dict:
         "duplicate_share": rng.choice([0.0, 0.02, 0.2]),
         "malformed_share": rng.choice([0.0, 0.01, 0.05]),
         "multi_context_share": rng.choice([0.0, 0.01, 0.1]),
-        # backlog: SIGKILL this many seconds in (None: no kill), half of it put as the run starts
-        "kill_after_secs": rng.choice([None, None, 2.0, 5.0, 10.0, 20.0]),
+        # backlog: SIGKILL this many seconds in (None: no kill), half of it put as the run
+        # starts; Prism is up about 3 s in, and a few thousand lines are read within seconds
+        "kill_after_secs": rng.choice([None, 3.0, 4.0, 5.0, 6.0, 8.0]),
         "half_put_while_running": rng.random() < 0.3,
         # live: SIGKILL at these seconds after the run's start (the feed starts 10 s in and
         # ends at 10 + duration; the run ends LIVE_IDLE_STOP_SECS after that)
@@ -148,7 +149,7 @@ def run_backlog(endpoint: str, name: str, case: dict, kinesis):
                 put_records(kinesis, name, rest)
                 rest = []
             time.sleep(case["kill_after_secs"])
-            case["killed"] = victim.poll() is None  # a small stream may be done by then
+            case["kills"] = int(victim.poll() is None)  # a small stream may be done by then
     run_to_end(command, (lambda: put_records(kinesis, name, rest)) if rest else None)
     return stream
 
@@ -159,6 +160,7 @@ def run_live(endpoint: str, name: str, case: dict, kinesis):
     feed.start()
     command = pipeline_command(endpoint, name, case)
     began = time.monotonic()
+    case["kills"] = len(case["kills_at_secs"])
     for kill_at in case["kills_at_secs"]:
         with run_to_be_killed(command, ROOT) as victim:
             while time.monotonic() - began < kill_at:
@@ -222,11 +224,19 @@ def main(argv=None) -> int:
                 flush=True,
             )
     failed = [c["case"] for c in results if not c["exact"]]
-    summary = {"seed": seed, "cases": len(results), "exact": len(results) - len(failed), "failed": failed}
+    summary = {
+        "seed": seed,
+        "cases": len(results),
+        "exact": len(results) - len(failed),
+        "failed": failed,
+        "live": sum(c["live"] for c in results),
+        "kills_of_a_running_pipeline": sum(c.get("kills", 0) for c in results),
+    }
     with open(os.path.join(ROOT, "bench", "results", "fuzz.json"), "w") as handle:
         json.dump({"summary": summary, "cases": results, "measured_at": time.time()}, handle, indent=1)
     print(
-        f"{summary['exact']} of {summary['cases']} cases exact"
+        f"{summary['exact']} of {summary['cases']} cases exact ({summary['live']} live; "
+        f"{summary['kills_of_a_running_pipeline']} SIGKILLs of a running pipeline, each restarted)"
         + (f"; again: python -m bench.fuzz --seed {seed} --case K, K in {failed}" if failed else "")
     )
     return 1 if failed else 0
