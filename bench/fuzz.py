@@ -37,6 +37,7 @@ from pipeline.apps.simulator import SimulationSettings, simulate
 from pipeline.testing.aws_server import REGION, make_stream
 from pipeline.testing.chaos import moto_process
 from pipeline.testing.crash import run_to_be_killed
+from pipeline.testing.many_pairs import restart_command
 from pipeline.testing.outputs import (
     assert_history_equals_model,
     assert_tables_equal_model,
@@ -102,27 +103,15 @@ def simulated(case: dict, start_ms: int | None = None):
 
 def pipeline_command(endpoint: str, name: str, case: dict) -> list:
     idle_stop = LIVE_IDLE_STOP_SECS if case["live"] else 3
-    return [
-        sys.executable,
-        "-m",
-        "pipeline.main",
-        f"--stream_name={name}",
-        f"--aws_endpoint_url={endpoint}",
-        f"--aws_region={REGION}",
-        "--initial_position=TRIM_HORIZON",
+    case_flags = [
         f"--max_out_of_orderness_secs={case['max_out_of_orderness_secs']}",
         f"--timeout_secs={case['timeout_secs']}",
         f"--window_secs={case['window_secs']}",
         f"--update_secs={case['update_secs']}",
-        f"--snapshot_path=s3://{name}/snapshots",
         f"--dead_letter_path=s3://{name}/dead-letters",
-        "--write_dynamodb",
-        "--create_tables",
-        f"--level_table={name}-levels",
-        f"--transitions_table={name}-transitions",
-        f"--progress_table={name}-progress",
         f"--stop_when_idle_secs={idle_stop}",
     ]
+    return restart_command(endpoint, REGION, name, f"s3://{name}/snapshots", case_flags, stop_when_idle=False)
 
 
 def run_to_end(command: list, feed_more=None) -> None:
