@@ -346,17 +346,13 @@ def summarise(samples: list, minutes: float, roles) -> dict:
 
 
 def plot(samples: list, path: str, roles, minutes: float) -> None:
-    memory = {
-        role: Series(
+    def rss(role: str) -> Series:
+        return Series(
             role.upper(),
-            COLOURS[i],
+            COLOURS[roles.index(role)],
             [(s["minute"], s[f"{role}_rss_mib"]) for s in samples if s.get(f"{role}_rss_mib")],
         )
-        for i, role in enumerate(roles)
-    }
-    # moto keeps every record put (gigabytes by the end): on the same axis it flattens the
-    # pipeline's line, whose growth is what the soak is about.
-    embedded_aws = [memory.pop(role) for role in ("moto",) if role in memory]
+
     lag = [
         Series(
             "WALL CLOCK - CLOSED_UNTIL, WHILE THE FEED RUNS",
@@ -378,15 +374,13 @@ def plot(samples: list, path: str, roles, minutes: float) -> None:
             ],
         )
     ]
-    write_chart(
-        path,
-        [
-            Panel("RESIDENT MEMORY (MIB)", list(memory.values())),
-            *([Panel("MOTO, THE EMBEDDED AWS: RESIDENT MEMORY (MIB)", embedded_aws)] if embedded_aws else []),
-            Panel("FRESHNESS: LAG (S)", lag),
-            Panel("LOAD: EVENTS SENT PER SECOND", rate),
-        ],
-    )
+    panels = [Panel("RESIDENT MEMORY (MIB)", [rss(role) for role in roles if role != "moto"])]
+    if "moto" in roles:
+        # moto keeps every record put (gigabytes by the end): on the same axis it flattens
+        # the pipeline's line, whose growth is what the soak is about.
+        panels.append(Panel("MOTO, THE EMBEDDED AWS: RESIDENT MEMORY (MIB)", [rss("moto")]))
+    panels += [Panel("FRESHNESS: LAG (S)", lag), Panel("LOAD: EVENTS SENT PER SECOND", rate)]
+    write_chart(path, panels)
 
 
 def table(summary: dict, result: dict) -> str:
