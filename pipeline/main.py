@@ -22,6 +22,7 @@ from pipeline.rules.ledger import Checkpoint
 from pipeline.rules.positions import LATEST, TRIM_HORIZON, parse_initial_position, pinned, restart_position
 from pipeline.rules.snapshot_format import figures_line
 from pipeline.rules.times import iso_utc
+from pipeline.runtime.allocator import TrimmedHeap, limit_arenas
 from pipeline.runtime.engines import choose_engine, engine_errors, runner_name
 from pipeline.runtime.flink import apply_runner_defaults, runner_option_errors  # declares the Flink flags
 from pipeline.runtime.flink_metrics import live_figures
@@ -218,6 +219,11 @@ def run(argv=None):
     if problems:
         sys.exit("error: " + "; ".join(problems) + ".")
     resume_from = prepare_restart(options)
+    # A stream's process runs for days: keep glibc's heap from holding what it freed.
+    heap = None
+    if opts.stream_name:
+        limit_arenas()
+        heap = TrimmedHeap().start()
     status = RunStatus(
         _status_writer(opts.snapshot_path, s3),
         runner_name(options),
@@ -241,6 +247,8 @@ def run(argv=None):
         )
     finally:
         status.stop()
+        if heap is not None:
+            heap.stop()
         if progress is not None:
             progress.stop()
     summary = status.publish(result, str(state), finished=True, committed_ms=_committed_ms(opts))
