@@ -38,12 +38,7 @@ from pipeline.testing.aws_server import REGION, make_stream
 from pipeline.testing.chaos import moto_process
 from pipeline.testing.crash import run_to_be_killed
 from pipeline.testing.many_pairs import restart_command
-from pipeline.testing.outputs import (
-    assert_history_equals_model,
-    assert_tables_equal_model,
-    read_dead_letters,
-    read_history,
-)
+from pipeline.testing.outputs import assert_outputs_equal_model
 
 RUN_TIMEOUT_SECS = 1200
 LIVE_IDLE_STOP_SECS = 45  # the last live run ends this long after the feed: above any gap in it
@@ -162,16 +157,15 @@ def run_live(endpoint: str, name: str, case: dict, kinesis):
 
 
 def check(endpoint: str, name: str, case: dict, stream) -> None:
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=REGION)
-    dynamodb = boto3.client("dynamodb", endpoint_url=endpoint, region_name=REGION)
-    history = read_history(f"s3://{name}/snapshots", s3)
-    assert_history_equals_model(history, stream.observations, case["timeout_secs"], case["window_secs"])
-    assert_tables_equal_model(
-        dynamodb, f"{name}-transitions", f"{name}-levels", stream.observations, case["timeout_secs"]
-    )
-    dead = [line for lines in read_dead_letters(f"s3://{name}/dead-letters", s3).values() for line in lines]
-    assert len(dead) == len(set(dead)) == stream.malformed, (
-        f"dead letters {len(dead)} ({len(set(dead))} distinct), malformed lines {stream.malformed}"
+    history = assert_outputs_equal_model(
+        boto3.client("s3", endpoint_url=endpoint, region_name=REGION),
+        boto3.client("dynamodb", endpoint_url=endpoint, region_name=REGION),
+        name,
+        (f"{name}-transitions", f"{name}-levels"),
+        stream.observations,
+        stream.malformed,
+        case["timeout_secs"],
+        case["window_secs"],
     )
     case["windows"], case["lines"] = len(history), len(stream.lines)
 

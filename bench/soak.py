@@ -188,12 +188,11 @@ def dead_letter_differences(run, malformed_lines) -> list:
     """Which malformed lines sent have no dead letter, and which dead letters were not
     expected (the first few of each, cut), to tell a loss from a wrong expectation."""
     from pipeline.rules.observations import printable
-    from pipeline.testing.outputs import read_dead_letters
+    from pipeline.testing.outputs import read_dead_letter_lines
 
     written = [
         json.loads(line)
-        for lines in read_dead_letters(f"s3://{run.bucket}/dead-letters", run.client("s3")).values()
-        for line in lines
+        for line in read_dead_letter_lines(f"s3://{run.bucket}/dead-letters", run.client("s3"))
     ]
     sent = {printable(line): line for line in malformed_lines}
     lines_written = {letter["line"] for letter in written}

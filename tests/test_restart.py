@@ -16,10 +16,10 @@ import pytest
 
 from pipeline.apps.producer import put_records
 from pipeline.apps.simulator import SimulationSettings, simulate
+from pipeline.testing import outputs
 from pipeline.testing.aws_server import REGION, make_stream
 from pipeline.testing.crash import run_to_be_killed
-from pipeline.testing.outputs import assert_history_equals_model, read_dead_letters, read_history
-from pipeline.testing.reference_model import model_snapshots, model_transition_totals
+from pipeline.testing.reference_model import model_snapshots
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT_SECS, WINDOW_SECS = 300, 60
@@ -61,19 +61,16 @@ def committed_as_of(dynamodb, table):
 
 
 def assert_outputs_equal_model(endpoint, stream_name, bucket, stream):
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name=REGION)
-    dynamodb = boto3.client("dynamodb", endpoint_url=endpoint, region_name=REGION)
-    assert_history_equals_model(
-        read_history(f"s3://{bucket}/snapshots", s3), stream.observations, TIMEOUT_SECS, WINDOW_SECS
+    outputs.assert_outputs_equal_model(
+        boto3.client("s3", endpoint_url=endpoint, region_name=REGION),
+        boto3.client("dynamodb", endpoint_url=endpoint, region_name=REGION),
+        bucket,
+        (f"{stream_name}-transitions", f"{stream_name}-levels"),
+        stream.observations,
+        stream.malformed,
+        TIMEOUT_SECS,
+        WINDOW_SECS,
     )
-    items = dynamodb.scan(TableName=f"{stream_name}-transitions")["Items"]
-    totals = {item["transitionLevels"]["S"]: int(item["count"]["N"]) for item in items}
-    assert totals == model_transition_totals(stream.observations, TIMEOUT_SECS)
-    levels = dynamodb.scan(TableName=f"{stream_name}-levels")["Items"]
-    assert levels and {int(item["playerCount"]["N"]) for item in levels} == {0}
-    # Every malformed line once, in the object of its window; nothing twice.
-    dead = [line for lines in read_dead_letters(f"s3://{bucket}/dead-letters", s3).values() for line in lines]
-    assert len(dead) == len(set(dead)) == stream.malformed
 
 
 def fresh_scenario(endpoint, name, seed):

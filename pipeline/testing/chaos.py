@@ -485,7 +485,7 @@ class FaultRun:
         reference model, every malformed line once in the dead letters."""
         from pipeline.testing.outputs import (
             assert_history_equals_model,
-            read_dead_letters,
+            read_dead_letter_lines,
             read_history,
             read_tables,
         )
@@ -506,11 +506,7 @@ class FaultRun:
             problems.append("transitions table differs from the model")
         if not levels or set(levels.values()) != {0}:
             problems.append(f"level table not all 0 at the end: {sorted(set(levels.values()))}")
-        dead = [
-            line
-            for lines in read_dead_letters(f"s3://{self.bucket}/dead-letters", s3).values()
-            for line in lines
-        ]
+        dead = read_dead_letter_lines(f"s3://{self.bucket}/dead-letters", s3)
         if not len(dead) == len(set(dead)) == malformed:
             problems.append(f"dead letters: {len(dead)} ({len(set(dead))} distinct), expected {malformed}")
         return problems

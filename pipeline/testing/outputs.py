@@ -76,6 +76,11 @@ def read_dead_letters(dead_letter_path: str, s3=None) -> dict:
     }
 
 
+def read_dead_letter_lines(dead_letter_path: str, s3=None) -> list:
+    """Every line of every dead-letter object."""
+    return [line for lines in read_dead_letters(dead_letter_path, s3).values() for line in lines]
+
+
 def read_tables(dynamodb, transitions_table: str, level_table: str) -> tuple[dict, dict]:
     """({"from/to": count} of the transitions table, {level: playerCount} of the level table)."""
     scan = dynamodb.get_paginator("scan")
@@ -114,3 +119,21 @@ def assert_tables_equal_model(dynamodb, transitions_table, level_table, observat
             from_level, to_level = item["transitionLevels"]["S"].split("/")
             assert item.get("levelFrom", {}).get("S") == (from_level or None)
             assert item.get("levelTo", {}).get("S") == (to_level or None)
+
+
+def assert_outputs_equal_model(
+    s3, dynamodb, bucket, tables, observations, malformed, timeout_secs, window_secs
+):
+    """The whole contract once the input has ended: every history window under
+    s3://bucket/snapshots, the `tables` (transitions, levels) as
+    `assert_tables_equal_model` says, and under s3://bucket/dead-letters each of the
+    `malformed` lines once (None: only that no line is there twice)."""
+    history = read_history(f"s3://{bucket}/snapshots", s3)
+    assert_history_equals_model(history, observations, timeout_secs, window_secs)
+    assert_tables_equal_model(dynamodb, *tables, observations, timeout_secs)
+    dead = read_dead_letter_lines(f"s3://{bucket}/dead-letters", s3)
+    assert len(dead) == len(set(dead)), f"{len(dead) - len(set(dead))} dead letters written twice"
+    assert malformed is None or len(dead) == malformed, (
+        f"dead letters {len(dead)}, malformed lines {malformed}"
+    )
+    return history
