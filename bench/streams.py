@@ -92,8 +92,9 @@ def shard_of(kinesis, stream_name: str):
 
 
 def plain_read(client, stream: str, expected: int) -> tuple[int, float]:
-    """A boto3 loop that only reads: every shard from TRIM_HORIZON, 1000 records per
-    GetRecords (the pipeline's --max_records), until all records are read."""
+    """A boto3 loop that only reads: every shard from TRIM_HORIZON, 10,000 records per
+    GetRecords (the pipeline's --max_records; 1,000 read as fast: 13,807 and 14,111
+    records/s against 13,790 and 14,331 on 30k records, 2026-12-05), until all are read."""
     shards = [s["ShardId"] for s in client.list_shards(StreamName=stream)["Shards"]]
     started = time.perf_counter()
     iterators = {
@@ -105,7 +106,7 @@ def plain_read(client, stream: str, expected: int) -> tuple[int, float]:
     read = 0
     while read < expected and iterators:
         for shard in list(iterators):
-            answer = client.get_records(ShardIterator=iterators[shard], Limit=1000)
+            answer = client.get_records(ShardIterator=iterators[shard], Limit=10000)
             read += len(answer["Records"])
             iterators[shard] = answer.get("NextShardIterator")
             if not iterators[shard]:

@@ -654,7 +654,7 @@ class ReadKinesisRecords(beam.PTransform):
         initial_position="LATEST",
         max_out_of_orderness_secs=10,
         idle_shard_secs=30,
-        max_records=1000,
+        max_records=MAX_RECORDS_LIMIT,
         stop_when_idle_secs=None,
         event_time_field=DEFAULT_EVENT_TIME_FIELD,
         poll_interval_secs=0.2,
