@@ -18,17 +18,29 @@ $(STAMP): setup.py
 
 install: $(STAMP) prism ## create .venv with the pipeline and its test tools (PyPI), and build Prism (Go)
 
-# Prism, Beam's local streaming engine, at the pinned Beam version, built with Go from the
-# Go module proxy (about 3 minutes, once; cached outside the repository).
+# Prism, Beam's local streaming engine: the pinned Beam version's source from the Go module
+# proxy with one fix applied (PRISM_PATCH: Prism as released keeps an empty entry for every
+# state cell ever cleared, one per player who left, for as long as it runs;
+# docs/upstream/prism-cleared-state.md), built with Go (about 3 minutes the first time;
+# cached outside the repository, rebuilt when the patch changes). `git apply` is run with
+# no repository above the copy, so it patches it as `patch -p1` would.
 BEAM_VERSION := $(shell sed -n 's/.*"apache-beam\[aws\]==\([0-9.]*\)".*/\1/p' setup.py)
-PRISM ?= $(or $(PRISM_LOCATION),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/level-analytics/prism-$(BEAM_VERSION)/prism)
+PRISM_PATCH := patches/prism-forget-cleared-state.patch
+PRISM ?= $(or $(PRISM_LOCATION),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/level-analytics/prism-$(BEAM_VERSION)-patched/prism)
+PRISM_SRC = $(dir $(PRISM))src
 
 prism: $(PRISM) ## build Prism, Beam's streaming engine, with Go (once; cached under ~/.cache)
 
-$(PRISM):
-	@command -v go >/dev/null || { echo "Go is needed to build Prism (https://go.dev/doc/install); or pass --prism_location to pipeline.main (Beam's release download, where github.com is reachable)"; exit 1; }
-	mkdir -p $(dir $(PRISM))
-	cd $(dir $(PRISM)) && GOBIN=$(abspath $(dir $(PRISM))) go install github.com/apache/beam/sdks/v2/go/cmd/prism@v$(BEAM_VERSION)
+$(PRISM): $(PRISM_PATCH)
+	@command -v go >/dev/null || { echo "Go is needed to build Prism (https://go.dev/doc/install); or pass --prism_location to pipeline.main (Beam's release download, where github.com is reachable; without the fix in $(PRISM_PATCH))"; exit 1; }
+	rm -rf $(PRISM_SRC) && mkdir -p $(PRISM_SRC)
+	module=$$(go mod download -json github.com/apache/beam/sdks/v2@v$(BEAM_VERSION) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p') && \
+	  test -n "$$module" && cp -R "$$module/go.mod" "$$module/go.sum" "$$module/go" $(PRISM_SRC)/
+	chmod -R u+w $(PRISM_SRC)
+	cd $(PRISM_SRC) && GIT_CEILING_DIRECTORIES=$(abspath $(dir $(PRISM))) git apply $(abspath $(PRISM_PATCH))
+	grep -q "isEmpty()" $(PRISM_SRC)/go/pkg/beam/runners/prism/internal/engine/elementmanager.go
+	cd $(PRISM_SRC) && go build -o $(abspath $(PRISM)) ./go/cmd/prism
+	rm -rf $(PRISM_SRC)
 
 # Toxiproxy, the chaos proxy the fault tests put between the pipeline and the embedded
 # AWS, built with Go from the Go module proxy (once; cached outside the repository).

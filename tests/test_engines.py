@@ -187,7 +187,7 @@ def test_a_missing_prism_says_how_to_build_it(tmp_path, monkeypatch):
 def test_the_default_location_is_versioned_beside_the_flink_jar(monkeypatch):
     monkeypatch.delenv("PRISM_LOCATION", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", "/cache")
-    assert default_prism_location() == "/cache/level-analytics/prism-2.77.0/prism"
+    assert default_prism_location() == "/cache/level-analytics/prism-2.77.0-patched/prism"
 
 
 @pytest.mark.slow

@@ -73,6 +73,8 @@ PRISM_LOCATION_ENV = "PRISM_LOCATION"
 # read again: slower only.
 STATE_CACHE_MB = 256
 PRISM_PACKAGE = "github.com/apache/beam/sdks/v2/go/cmd/prism"
+# The one fix `make prism` applies to it (docs/upstream/prism-cleared-state.md).
+PRISM_PATCH = "patches/prism-forget-cleared-state.patch"
 
 
 def runner_name(options: PipelineOptions) -> str:
@@ -83,18 +85,21 @@ def runner_name(options: PipelineOptions) -> str:
 
 
 def default_prism_location() -> str:
-    """Where `make prism` builds Prism: $PRISM_LOCATION, else the user cache."""
+    """Where `make prism` builds Prism: $PRISM_LOCATION, else the user cache. "patched":
+    the pinned version with PRISM_PATCH applied (the Makefile's `prism` target)."""
     if os.environ.get(PRISM_LOCATION_ENV):
         return os.environ[PRISM_LOCATION_ENV]
-    return os.path.join(cache_dir(), f"prism-{BEAM_SDK_VERSION}", "prism")
+    return os.path.join(cache_dir(), f"prism-{BEAM_SDK_VERSION}-patched", "prism")
 
 
 def missing_prism_message(path: str) -> str:
     return (
-        f"no Prism binary at {path}: run `make prism` (builds {PRISM_PACKAGE}@v{BEAM_SDK_VERSION} with Go "
-        "from the Go module proxy, about 3 minutes), or pass --prism_location PATH. Without Go, "
-        f"--prism_location https://github.com/apache/beam/releases/tag/v{BEAM_SDK_VERSION} lets Beam "
-        "download its release binary where github.com is reachable."
+        f"no Prism binary at {path}: run `make prism` (builds {PRISM_PACKAGE}@v{BEAM_SDK_VERSION} with "
+        f"{PRISM_PATCH} applied, with Go from the Go module proxy, about 3 minutes), or pass "
+        f"--prism_location PATH. Without Go, --prism_location "
+        f"https://github.com/apache/beam/releases/tag/v{BEAM_SDK_VERSION} lets Beam download its release "
+        "binary where github.com is reachable (without that fix: its memory then grows by an entry per "
+        "player who ever left)."
     )
 
 
