@@ -27,7 +27,7 @@ install: $(STAMP) prism ## create .venv with the pipeline and its test tools (Py
 BEAM_VERSION := $(shell sed -n 's/.*"apache-beam\[aws\]==\([0-9.]*\)".*/\1/p' setup.py)
 PRISM_PATCH := patches/prism-forget-cleared-state.patch
 PRISM ?= $(or $(PRISM_LOCATION),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/level-analytics/prism-$(BEAM_VERSION)-patched/prism)
-PRISM_SRC = $(dir $(PRISM))src
+PRISM_SRC = $(PRISM)-source
 
 prism: $(PRISM) ## build Prism, Beam's streaming engine, with Go (once; cached under ~/.cache)
 
